@@ -1,0 +1,47 @@
+"""Entry point: logging, dispatch, and the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+from arkes import cli, log
+from arkes.errors import ArkesError, ValidationError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = cli.parser().parse_args(argv)
+    log.setup(args.debug)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        log.logger.error("interrupted")
+        return 130
+    except ValidationError as e:
+        if args.debug:
+            traceback.print_exc()
+        for problem in e.problems:
+            log.logger.error(f"error: {problem}")
+        if e.hint:
+            log.logger.error(f"hint: {e.hint}")
+        return e.exit_code
+    except ArkesError as e:
+        if args.debug:
+            traceback.print_exc()
+        log.logger.error(f"error: {e.message}")
+        if e.hint:
+            log.logger.error(f"hint: {e.hint}")
+        return e.exit_code
+    except OSError as e:
+        if args.debug:
+            traceback.print_exc()
+        log.logger.error(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+        if e.errno == 28:
+            log.logger.error("hint: free some space (`os prune`) and try again")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

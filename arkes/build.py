@@ -1,0 +1,169 @@
+"""Systemfile → image → rewritten, checked tree → OSTree commit, with the input hash that makes no-op upgrades free.
+
+The input hash covers everything a build reads: the Systemfile, every file of its context, the digest of every
+base image, the kernel arguments and the tool's version. It is stored in each commit; equal hashes mean an
+equal system, so `os upgrade` can skip the build entirely.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import __version__, images, lint, log, podman, systemfile, tree
+from arkes.errors import UsageError
+from arkes.ostree import BUILD_REF, Sysroot
+
+# Commit metadata keys (see docs/status.md).
+META_INPUT_HASH = "arkes.input-hash"
+META_BASE_IMAGE = "arkes.base-image"
+META_BASE_DIGEST = "arkes.base-digest"
+META_SYSTEMFILE_SHA256 = "arkes.systemfile-sha256"
+META_PACKAGES = "arkes.packages"
+META_KARGS = "arkes.kargs"
+META_TOOL_VERSION = "arkes.tool-version"
+META_VERSION = "version"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build would read, resolved without building anything."""
+
+    systemfile: systemfile.Systemfile
+    context: Path
+    kargs: tuple[str, ...]
+    base_image: str
+    base_digests: dict[str, str]
+    input_hash: str
+
+    @property
+    def base_digest(self) -> str:
+        return self.base_digests.get(self.base_image, "")
+
+    @property
+    def tag(self) -> str:
+        return f"{podman.BUILD_REPO}:{self.input_hash[:16]}"
+
+
+@dataclass(frozen=True)
+class Result:
+    checksum: str
+    version: str
+    plan: Plan
+    image_kargs: tuple[str, ...]
+
+
+def _context_files(context: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(context):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            files.append(Path(dirpath) / name)
+    return files
+
+
+def input_hash(sf_text: bytes, context: Path, base_digests: dict[str, str], kargs: Sequence[str]) -> str:
+    digest = hashlib.sha256(f"arkes-inputs 1\ntool {__version__}\n".encode())
+    digest.update(b"systemfile\n" + hashlib.sha256(sf_text).digest())
+    for path in _context_files(context):
+        relative = path.relative_to(context).as_posix()
+        if path.is_symlink():
+            digest.update(f"L {relative} {os.readlink(path)}\n".encode())
+        elif path.is_file():
+            digest.update(f"F {relative} {path.stat().st_mode & 0o7777:o}\n".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for ref in sorted(base_digests):
+        digest.update(f"base {ref} {base_digests[ref]}\n".encode())
+    digest.update(("kargs " + " ".join(kargs) + "\n").encode())
+    return digest.hexdigest()
+
+
+def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Plan:
+    """Validate the Systemfile, make sure its base images exist, and compute the input hash."""
+    context = path.parent
+    sf = systemfile.load(path, context)
+    digests: dict[str, str] = {}
+    for ref in sf.external_images:
+        if images.is_ours(ref) and ensure_images:
+            images.ensure(ref)
+        if not podman.image_exists(ref):
+            line = next((s.line for s in sf.stages if s.base == ref), 1)
+            raise UsageError(
+                f"{path}:{line}: the base image {ref} does not exist",
+                hint=f"build or pull it first (podman images lists what exists); {images.BASE} is built on demand",
+            )
+        digests[ref] = podman.image_digest(ref)
+    ihash = input_hash(sf.text.encode(), context, digests, kargs)
+    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash)
+
+
+def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
+    """YYYYMMDD.N: N counts the commits made today, over every deployment and the last build."""
+    day = (today or datetime.datetime.now(datetime.UTC).date()).strftime("%Y%m%d")
+    checksums = {d.get_csum() for d in sysroot.all_deployments()}
+    built = sysroot.resolve(BUILD_REF)
+    if built:
+        checksums.add(built)
+    serial = 0
+    for checksum in checksums:
+        version = sysroot.commit(checksum).version
+        prefix, _, number = version.partition(".")
+        if prefix == day and number.isdigit():
+            serial = max(serial, int(number))
+    return f"{day}.{serial + 1}"
+
+
+def build(sysroot: Sysroot, p: Plan) -> Result:
+    """Build the image, rewrite and check its tree, and commit it (moving BUILD_REF). Deploys nothing."""
+    labels = {
+        "org.arkes.input-hash": p.input_hash,
+        "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
+        "org.arkes.base-image": p.base_image,
+        "org.arkes.base-digest": p.base_digest,
+    }
+    with log.step("build") as progress:
+        podman.build(
+            p.systemfile.path,
+            p.context,
+            p.tag,
+            labels=labels,
+            on_step=lambda n, total, what: progress.update((n - 1) / total, f"step {n}/{total}: {what[:70]}"),
+            nice=True,
+        )
+    version = next_version(sysroot)
+    with podman.mounted_container(p.tag) as root:
+        with log.step("rewrite"):
+            tree.rewrite(root)
+        with log.step("check"):
+            lint.check(root)
+        packages = tree.packages(root)
+        image_kargs = tree.image_kargs(root)
+        kernels = tree.kernels(root)
+        metadata: dict[str, object] = {
+            META_VERSION: version,
+            META_INPUT_HASH: p.input_hash,
+            META_BASE_IMAGE: p.base_image,
+            META_BASE_DIGEST: p.base_digest,
+            META_SYSTEMFILE_SHA256: labels["org.arkes.systemfile-sha256"],
+            META_PACKAGES: packages,
+            META_KARGS: image_kargs,
+            META_TOOL_VERSION: __version__,
+            "ostree.bootable": True,
+        }
+        if kernels:
+            metadata["ostree.linux"] = kernels[-1].version
+        total = sum(len(files) + len(dirs) for _, dirs, files in os.walk(root))
+        with log.step("commit") as progress:
+            checksum = sysroot.write_commit(
+                root,
+                subject=f"Arkēs {version}",
+                metadata=metadata,
+                ref=BUILD_REF,
+                on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
+            )
+    log.info(f"committed {checksum[:12]} (version {version})")
+    return Result(checksum, version, p, tuple(image_kargs))

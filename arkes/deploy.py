@@ -1,0 +1,257 @@
+"""Changing the set of deployments: install, build, upgrade, revert, rollback, prune, pin.
+
+Every verb here holds the sysroot lock for its whole run. Nothing outside the new deployment is written until it is
+complete; libostree swaps the boot configuration atomically, so a failure or a kill at any point leaves the
+previous deployment bootable and default.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import build, images, log, podman, tree
+from arkes.errors import ArkesError, UsageError
+from arkes.ostree import Sysroot
+
+SYSTEM_DIR = "etc/system"
+ORIGIN_INSTALL_KARGS = "install-kargs"
+ORIGIN_INPUT_HASH = "input-hash"
+
+
+def is_booted_root(path: Path) -> bool:
+    return path == Path("/") and Path("/run/ostree-booted").exists()
+
+
+def system_etc(sysroot: Sysroot) -> Path:
+    """The /etc that holds the machine's Systemfile: the running one, or the default deployment's."""
+    if is_booted_root(sysroot.path):
+        return Path("/etc")
+    default = sysroot.default()
+    if default is None:
+        raise ArkesError(f"{sysroot.path} has no deployment", hint="install a system with `os --sysroot DIR install`")
+    return sysroot.deployment_dir(default) / "etc"
+
+
+def machine_kargs(system_dir: Path) -> list[str]:
+    """The machine's own kernel arguments: /etc/system/kargs, one or more per line, `#` comments."""
+    path = system_dir / "kargs"
+    return tree.read_kargs(path.read_text()) if path.is_file() else []
+
+
+def _install_kargs(sysroot: Sysroot) -> list[str]:
+    default = sysroot.default()
+    if default is None:
+        return []
+    return sysroot.origin(default).get(ORIGIN_INSTALL_KARGS, "").split()
+
+
+def _copy_system_dir(context: Path, systemfile: Path, deployment_dir: Path) -> None:
+    """Make the deployment's /etc/system hold the Systemfile and its context, so later upgrades rebuild from it."""
+    target = deployment_dir / SYSTEM_DIR
+    kargs = target / "kargs"
+    kept = kargs.read_bytes() if kargs.is_file() else None
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(context, target, symlinks=True)
+    if systemfile.name != "Systemfile":
+        shutil.copy2(systemfile, target / "Systemfile")
+    if kept is not None and not (target / "kargs").exists():
+        (target / "kargs").write_bytes(kept)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    checksum: str
+    version: str
+    deployed: bool
+    up_to_date: bool
+
+
+def _deploy(sysroot: Sysroot, result: build.Result, install_kargs: list[str], *, copy: bool) -> None:
+    """Deploy a built commit as the new default. With copy, the Systemfile and its context become its /etc/system."""
+    kargs = [*install_kargs, *result.image_kargs, *result.plan.kargs]
+    origin = {ORIGIN_INPUT_HASH: result.plan.input_hash}
+    if install_kargs:
+        origin[ORIGIN_INSTALL_KARGS] = " ".join(install_kargs)
+
+    def prepare(deployment_dir: Path) -> None:
+        if copy:
+            _copy_system_dir(result.plan.context, result.plan.systemfile.path, deployment_dir)
+
+    with log.step("deploy"):
+        sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
+
+
+def _dedupe(kargs: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for karg in kargs:
+        seen.setdefault(karg, None)
+    return list(seen)
+
+
+def install(path: Path, systemfile: Path | None, install_kargs: list[str] | None = None) -> Outcome:
+    """Initialize an empty directory as a sysroot and deploy the Systemfile's system into it."""
+    if Sysroot.is_initialized(path):
+        raise UsageError(f"{path} already holds a system", hint="use `os upgrade` to update it")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"{path} is not empty", hint="install into an empty or absent directory")
+    source = (systemfile or images.default_systemfile()).resolve()
+    created = not path.exists()
+    # Everything that can be refused is checked before the sysroot is made.
+    p = build.plan(source, machine_kargs(source.parent))
+    try:
+        sysroot = Sysroot.initialize(path)
+        with sysroot.lock():
+            result = build.build(sysroot, p)
+            _deploy(sysroot, result, install_kargs or [], copy=True)
+    except BaseException:
+        # An install that did not finish leaves nothing behind: the directory was empty or absent.
+        if path.exists():
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                for child in path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink()
+        raise
+    return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def resolve_systemfile(sysroot: Sysroot, systemfile: Path | None) -> Path:
+    if systemfile is not None:
+        if not systemfile.is_file():
+            raise UsageError(f"{systemfile}: no such Systemfile")
+        return systemfile.resolve()
+    path = system_etc(sysroot) / "system/Systemfile"
+    if not path.is_file():
+        raise UsageError(f"{path}: no such Systemfile", hint="give one with --systemfile")
+    return path
+
+
+def upgrade(sysroot: Sysroot, systemfile: Path | None, *, deploy: bool) -> Outcome:
+    """Build the system's Systemfile; with deploy, make it the new default unless nothing changed."""
+    with sysroot.lock():
+        sysroot.reload()
+        etc = system_etc(sysroot)
+        path = resolve_systemfile(sysroot, systemfile)
+        p = build.plan(path, machine_kargs(etc / "system"))
+        default = sysroot.default()
+        if deploy and default is not None:
+            current = sysroot.commit(default.get_csum())
+            if current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
+                log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
+                return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+        result = build.build(sysroot, p)
+        if not deploy:
+            return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
+        # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
+        outside = path.parent != (etc / "system").resolve() and path.parent != etc / "system"
+        _deploy(sysroot, result, _install_kargs(sysroot), copy=outside)
+        log.info(f"deployed version {result.version} ({result.checksum[:12]}); it becomes active on the next boot")
+        return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def _index(sysroot: Sysroot, index: int) -> int:
+    count = len(sysroot.deployments())
+    if not 0 <= index < count:
+        raise UsageError(f"there is no deployment {index} (indexes 0 to {count - 1}; see `os status`)")
+    return index
+
+
+def revert(sysroot: Sysroot) -> str:
+    """Remove the newest deployment (index 0), after booting the previous one from the boot menu."""
+    with sysroot.lock():
+        sysroot.reload()
+        deployments = sysroot.deployments()
+        if len(deployments) < 2:
+            raise UsageError("there is only one deployment; nothing to revert to")
+        newest = deployments[0]
+        booted = sysroot.booted
+        if booted is not None and booted.equal(newest):
+            raise UsageError(
+                "deployment 0 is the running system and cannot be removed",
+                hint="reboot and choose the previous deployment in the boot menu first, or use `os rollback` "
+                "to make the previous deployment the default for the next boot",
+            )
+        if newest.is_pinned():
+            raise UsageError("deployment 0 is pinned", hint="unpin it first with `os pin --unpin 0`")
+        version = sysroot.commit(newest.get_csum()).version
+        others = [d for d in sysroot.all_deployments() if not d.equal(newest)]
+        with log.step("revert"):
+            sysroot.write_deployments(others)
+        log.info(f"removed deployment 0 (version {version}); the previous deployment is the default again")
+        return newest.get_csum()
+
+
+def rollback(sysroot: Sysroot) -> None:
+    """Make the previous deployment (index 1) the default for the next boot, keeping both."""
+    with sysroot.lock():
+        sysroot.reload()
+        deployments = sysroot.deployments()
+        if len(deployments) < 2:
+            raise UsageError("there is only one deployment; nothing to roll back to")
+        first, second = deployments[0], deployments[1]
+        rest = [d for d in sysroot.all_deployments() if not d.equal(first) and not d.equal(second)]
+        with log.step("rollback"):
+            sysroot.write_deployments([second, first, *rest])
+        log.info(f"version {sysroot.commit(second.get_csum()).version} is now the default for the next boot")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    deployments: tuple[str, ...]
+    objects: int
+    repo_bytes: int
+    images: tuple[str, ...]
+    image_bytes: int
+
+
+def prune(sysroot: Sysroot, keep: int) -> Pruned:
+    """Remove deployments beyond the newest `keep` (never booted or pinned ones), then unreferenced objects and
+    build images no deployment came from."""
+    if keep < 1:
+        raise UsageError("--keep must be at least 1")
+    with sysroot.lock():
+        sysroot.reload()
+        deployments = sysroot.deployments()
+        booted = sysroot.booted
+        removed = [
+            d
+            for d in deployments[keep:]
+            if not d.is_pinned() and not (booted is not None and booted.equal(d))
+        ]
+        if removed:
+            kept = [d for d in sysroot.all_deployments() if not any(d.equal(r) for r in removed)]
+            with log.step(f"remove {len(removed)} deployment(s)"):
+                sysroot.write_deployments(kept)
+        with log.step("prune the repository"):
+            objects, freed = sysroot.cleanup()
+        live = {
+            str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, ""))[:16]
+            for d in sysroot.deployments()
+        }
+        stale = []
+        image_bytes = 0
+        for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
+            names = [str(n) for n in image.get("Names") or []]
+            tags = [n.rsplit(":", 1)[-1] for n in names if n.startswith(podman.BUILD_REPO + ":")]
+            if tags and not any(t in live for t in tags):
+                stale.extend(n for n in names if n.startswith(podman.BUILD_REPO + ":"))
+                size = image.get("Size")
+                image_bytes += int(size) if isinstance(size, int) else 0
+        if stale:
+            with log.step(f"remove {len(stale)} stale build image(s)"):
+                podman.remove_images(stale)
+                podman.prune_dangling()
+        return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)
+
+
+def pin(sysroot: Sysroot, index: int, pinned: bool) -> None:
+    with sysroot.lock():
+        sysroot.reload()
+        deployment = sysroot.deployments()[_index(sysroot, index)]
+        sysroot.set_pinned(deployment, pinned)

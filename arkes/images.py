@@ -1,0 +1,233 @@
+"""The distribution's own images: `localhost/arkes:rootfs` (bootstrapped from Debian packages) and
+`localhost/arkes:base` (rootfs plus the overlay and the `os` tool).
+
+Each carries the hash of its inputs in a label; an image is rebuilt only when it is missing or its inputs changed.
+Downloaded packages are kept in a cache outside the checkout so a rebuild does not download them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import __version__, log, podman, run
+from arkes.errors import ArkesError
+
+ROOTFS = "localhost/arkes:rootfs"
+BASE = "localhost/arkes:base"
+INPUTS_LABEL = "org.arkes.inputs"
+SUITE = "bookworm"
+# Bump when the bootstrap recipe below changes in a way the inputs do not show.
+RECIPE = "3"
+
+
+def image_dir() -> Path:
+    """The distribution's image sources: the checkout's image/, or the copy shipped inside base."""
+    configured = os.environ.get("ARKES_IMAGE_DIR")
+    if configured:
+        return Path(configured)
+    checkout = Path(__file__).resolve().parent.parent / "image"
+    if checkout.is_dir():
+        return checkout
+    return Path("/usr/share/arkes/image")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ARKES_CACHE", "/var/cache/arkes"))
+
+
+def default_systemfile() -> Path:
+    return image_dir() / "base/overlay/etc/system/Systemfile"
+
+
+def apt_sources() -> Path | None:
+    """The mirror to bootstrap from: ARKES_APT_SOURCES, else this machine's own Debian sources."""
+    configured = os.environ.get("ARKES_APT_SOURCES")
+    if configured:
+        return Path(configured)
+    for candidate in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
+        path = Path(candidate)
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    return None
+
+
+def _hash_files(digest: hashlib._Hash, base: Path, paths: Iterable[Path]) -> None:
+    for path in sorted(paths):
+        relative = path.relative_to(base).as_posix()
+        if path.is_symlink():
+            digest.update(f"L {relative} {os.readlink(path)}\n".encode())
+        elif path.is_file():
+            mode = path.stat().st_mode & 0o7777
+            digest.update(f"F {relative} {mode:o}\n".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def _tree_files(base: Path) -> list[Path]:
+    return [p for p in base.rglob("*") if (p.is_file() or p.is_symlink()) and "__pycache__" not in p.parts]
+
+
+def packages() -> list[str]:
+    text = (image_dir() / "rootfs/packages.txt").read_text()
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def rootfs_inputs() -> str:
+    digest = hashlib.sha256(f"rootfs {RECIPE} {SUITE}\n".encode())
+    _hash_files(digest, image_dir(), _tree_files(image_dir() / "rootfs"))
+    sources = apt_sources()
+    if sources is not None:
+        digest.update(sources.read_bytes())
+    return digest.hexdigest()
+
+
+def _tool_files() -> tuple[Path, list[Path]]:
+    package = Path(__file__).resolve().parent
+    return package.parent, sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _vendored() -> list[Path]:
+    """Python modules the tool needs beyond the distribution's Python: copied into base as they are."""
+    spec = importlib.util.find_spec("dockerfile")
+    if spec is None or spec.origin is None:
+        raise ArkesError("the Python module `dockerfile` is missing", hint="run `make setup`")
+    origin = Path(spec.origin)
+    return sorted(p for p in origin.parent.glob("dockerfile*") if p.is_file())
+
+
+def base_inputs() -> str:
+    digest = hashlib.sha256(f"base {__version__}\n".encode())
+    _hash_files(digest, image_dir(), _tree_files(image_dir() / "base"))
+    root, files = _tool_files()
+    _hash_files(digest, root, files)
+    for path in _vendored():
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(podman.image_digest(ROOTFS).encode())
+    return digest.hexdigest()
+
+
+def _current(ref: str, inputs: str) -> bool:
+    return podman.image_exists(ref) and podman.image_labels(ref).get(INPUTS_LABEL) == inputs
+
+
+@dataclass(frozen=True)
+class Built:
+    ref: str
+    rebuilt: bool
+
+
+def ensure(ref: str, *, force: bool = False) -> Built:
+    """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale."""
+    if ref == ROOTFS:
+        inputs = rootfs_inputs()
+        if not force and _current(ROOTFS, inputs):
+            return Built(ROOTFS, False)
+        build_rootfs(inputs)
+        return Built(ROOTFS, True)
+    if ref == BASE:
+        rootfs = ensure(ROOTFS, force=force)
+        inputs = base_inputs()
+        if not force and not rootfs.rebuilt and _current(BASE, inputs):
+            return Built(BASE, False)
+        build_base(inputs)
+        return Built(BASE, True)
+    raise ArkesError(f"{ref} is not one of the distribution's images ({ROOTFS}, {BASE})")
+
+
+def is_ours(ref: str) -> bool:
+    return ref in (ROOTFS, BASE)
+
+
+def build_rootfs(inputs: str) -> None:
+    """mmdebstrap the package list into a tarball (kept in the cache, keyed by inputs) and import it."""
+    debs = cache_dir() / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    tarball = cache_dir() / f"rootfs-{inputs[:16]}.tar"
+    if not tarball.is_file():
+        for stale in cache_dir().glob("rootfs-*.tar"):
+            stale.unlink()
+        _bootstrap(tarball, debs)
+    with log.step(f"import {ROOTFS}"):
+        podman.import_tarball(
+            tarball,
+            ROOTFS,
+            [f"LABEL {INPUTS_LABEL}={inputs}", 'CMD ["/bin/bash"]', "ENV container=oci"],
+        )
+
+
+def _bootstrap(tarball: Path, debs: Path) -> None:
+    dracut_conf = image_dir() / "rootfs/dracut.conf"
+    partial = tarball.with_suffix(".partial")
+    # Hooks run in a shell with the target as $1; our paths reach them through the environment, not the text.
+    setup = (
+        'mkdir -p "$1/var/cache/apt/archives" "$1/usr/lib/dracut/dracut.conf.d" "$1/etc/kernel" && '
+        'cp "$ARKES_DRACUT_CONF" "$1/usr/lib/dracut/dracut.conf.d/10-arkes.conf" && '
+        'printf "do_symlinks = no\\n" > "$1/etc/kernel-img.conf" && '
+        'find "$ARKES_DEBS" -name "*.deb" -exec cp {} "$1/var/cache/apt/archives/" ";"'
+    )
+    customize = (
+        'for deb in "$1"/var/cache/apt/archives/*.deb; do '
+        '[ -e "$ARKES_DEBS/${deb##*/}" ] || cp "$deb" "$ARKES_DEBS/"; done; '
+        'rm -f "$1"/var/cache/apt/archives/*.deb "$1"/vmlinuz* "$1"/initrd.img*'
+    )
+    argv: list[str | os.PathLike[str]] = [
+        "mmdebstrap",
+        "--variant=apt",
+        f"--include={','.join(packages())}",
+        "--skip=download/empty",
+        f"--setup-hook={setup}",
+        f"--customize-hook={customize}",
+        "--format=tar",
+        SUITE,
+        partial,
+    ]
+    sources = apt_sources()
+    if sources is not None:
+        argv.append(sources)
+    env = {"ARKES_DEBS": os.fspath(debs), "ARKES_DRACUT_CONF": os.fspath(dracut_conf)}
+    phases = ("running apt-get update", "downloading packages", "extracting archives", "installing essential",
+              "installing remaining", "running --customize-hook", "creating tarball", "success")
+    with log.step(f"bootstrap {ROOTFS} from Debian {SUITE}") as progress:
+
+        def on_line(line: str) -> None:
+            for i, phase in enumerate(phases):
+                if phase in line:
+                    progress.update((i + 1) / len(phases), line.removeprefix("I: "))
+
+        try:
+            run.stream(argv, on_line, env=env, what="mmdebstrap")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.rename(tarball)
+
+
+def build_base(inputs: str) -> None:
+    """Build base from its Containerfile, with the tool and its Python dependencies in the build context."""
+    with tempfile.TemporaryDirectory(prefix="arkes-base-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(image_dir() / "base", context, dirs_exist_ok=True)
+        shutil.copytree(image_dir(), context / "image", ignore=shutil.ignore_patterns("__pycache__"))
+        tool = context / "tool"
+        root, files = _tool_files()
+        for path in files:
+            target = tool / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        for path in _vendored():
+            shutil.copy2(path, tool / path.name)
+        with log.step(f"build {BASE}") as progress:
+            podman.build(
+                context / "Containerfile",
+                context,
+                BASE,
+                labels={INPUTS_LABEL: inputs},
+                on_step=lambda n, total, what: progress.update(n / total, f"step {n}/{total}: {what[:60]}"),
+            )

@@ -1,0 +1,292 @@
+"""libostree access (through PyGObject): the sysroot, its repo, deployments, commits and their metadata, the lock.
+
+Everything here reads OSTree's own data structures; nothing parses `ostree admin status` text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gi
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from arkes import log  # noqa: E402
+from arkes.errors import ArkesError, LockedError  # noqa: E402
+
+STATEROOT = "arkes"
+# The newest commit `os build` made; keeps it alive for a later deploy even when nothing deploys it yet.
+BUILD_REF = "arkes/build"
+ORIGIN_GROUP = "arkes"
+
+
+def _check(result: Any, what: str) -> Any:
+    """PyGObject returns (ok, value, ...) tuples for gboolean+out functions; unwrap them."""
+    if isinstance(result, tuple):
+        if not result[0]:
+            raise ArkesError(f"{what} failed")
+        return result[1] if len(result) == 2 else result[1:]
+    return result
+
+
+def _wrap(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except GLib.Error as e:
+                raise ArkesError(f"{what}: {e.message}") from e
+
+        return inner
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class Commit:
+    checksum: str
+    timestamp: int
+    subject: str
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", ""))
+
+
+class Sysroot:
+    """An OSTree sysroot: a directory (`--sysroot`) or the booted system's `/`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(os.fspath(path)))
+        self._locked = False
+
+    @staticmethod
+    def is_initialized(path: Path) -> bool:
+        return (path / "ostree" / "repo" / "config").exists()
+
+    @staticmethod
+    @_wrap("initializing the sysroot")
+    def initialize(path: Path) -> Sysroot:
+        path.mkdir(parents=True, exist_ok=True)
+        sysroot = Sysroot(path)
+        sysroot._sysroot.ensure_initialized(None)
+        sysroot._sysroot.load(None)
+        sysroot._sysroot.init_osname(STATEROOT, None)
+        repo = sysroot.repo
+        config = repo.copy_config()
+        # Boot menus are written by arkes itself from the boot loader entries (see DESIGN: Debian's GRUB has no
+        # blscfg and OSTree's GRUB backend would run grub-mkconfig inside the deployment).
+        config.set_string("sysroot", "bootloader", "none")
+        config.set_boolean("sysroot", "readonly", False)
+        repo.write_config(config)
+        return Sysroot.open(path)
+
+    @staticmethod
+    @_wrap("loading the sysroot")
+    def open(path: Path) -> Sysroot:
+        sysroot = Sysroot(path)
+        if path == Path("/"):
+            # On a booted system /sysroot is read-only; libostree makes a private mount namespace to write it.
+            sysroot._sysroot.initialize_with_mount_namespace(None)
+        sysroot._sysroot.load(None)
+        return sysroot
+
+    @_wrap("reloading the sysroot")
+    def reload(self) -> None:
+        self._sysroot.load(None)
+
+    @property
+    def repo(self) -> OSTree.Repo:
+        return self._sysroot.repo()
+
+    @property
+    def repo_path(self) -> Path:
+        return self.path / "ostree" / "repo"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The sysroot lock (shared with ostree and every other tool using libostree); refuse when held."""
+        acquired = self._sysroot.try_lock()
+        if isinstance(acquired, tuple):
+            acquired = acquired[-1]
+        if not acquired:
+            raise LockedError(
+                f"another process is changing the system at {self.path} (the sysroot lock is held)",
+                hint="wait for the other `os` command to finish, then try again",
+            )
+        self._locked = True
+        try:
+            yield
+        finally:
+            self._sysroot.unlock()
+            self._locked = False
+
+    # --- deployments -------------------------------------------------------------------------------------
+
+    def deployments(self) -> list[OSTree.Deployment]:
+        return [d for d in self._sysroot.get_deployments() if d.get_osname() == STATEROOT]
+
+    def all_deployments(self) -> list[OSTree.Deployment]:
+        return list(self._sysroot.get_deployments())
+
+    @property
+    def booted(self) -> OSTree.Deployment | None:
+        return self._sysroot.get_booted_deployment()
+
+    @property
+    def staged(self) -> OSTree.Deployment | None:
+        return self._sysroot.get_staged_deployment()
+
+    def default(self) -> OSTree.Deployment | None:
+        deployments = self.deployments()
+        return deployments[0] if deployments else None
+
+    def merge_deployment(self) -> OSTree.Deployment | None:
+        return self._sysroot.get_merge_deployment(STATEROOT)
+
+    def deployment_dir(self, deployment: OSTree.Deployment) -> Path:
+        return self.path / self._sysroot.get_deployment_dirpath(deployment)
+
+    def origin(self, deployment: OSTree.Deployment) -> dict[str, str]:
+        keyfile = deployment.get_origin()
+        if keyfile is None or not keyfile.has_group(ORIGIN_GROUP):
+            return {}
+        keys = keyfile.get_keys(ORIGIN_GROUP)[0]
+        return {k: keyfile.get_string(ORIGIN_GROUP, k) for k in keys}
+
+    def kargs(self, deployment: OSTree.Deployment) -> list[str]:
+        bootconfig = deployment.get_bootconfig()
+        options = bootconfig.get("options") if bootconfig is not None else None
+        return options.split() if options else []
+
+    # --- commits -----------------------------------------------------------------------------------------
+
+    @_wrap("reading a commit")
+    def commit(self, checksum: str) -> Commit:
+        _, variant, _ = self.repo.load_commit(checksum)
+        metadata = variant.get_child_value(0).unpack()
+        return Commit(
+            checksum=checksum,
+            timestamp=OSTree.commit_get_timestamp(variant),
+            subject=variant.get_child_value(3).get_string(),
+            metadata=metadata,
+        )
+
+    @_wrap("resolving a ref")
+    def resolve(self, ref: str) -> str | None:
+        _, checksum = self.repo.resolve_rev(ref, True)
+        return checksum if checksum else None
+
+    @_wrap("committing the tree")
+    def write_commit(
+        self,
+        tree: Path,
+        *,
+        subject: str,
+        metadata: Mapping[str, Any],
+        ref: str,
+        on_file: Callable[[int], None] | None = None,
+    ) -> str:
+        """Commit the directory `tree` in one transaction and point `ref` at it; return the checksum.
+
+        The ref moves only when every object is written, so an interrupted commit leaves no ref and only
+        staging leftovers that the next transaction or prune removes.
+        """
+        repo = self.repo
+        count = [0]
+
+        def commit_filter(_repo: Any, _path: str, _info: Any, *_user: Any) -> OSTree.RepoCommitFilterResult:
+            count[0] += 1
+            if on_file and count[0] % 500 == 0:
+                on_file(count[0])
+            return OSTree.RepoCommitFilterResult.ALLOW
+
+        modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter, None)
+        repo.prepare_transaction(None)
+        try:
+            mtree = OSTree.MutableTree.new()
+            repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(tree)), mtree, modifier, None)
+            _, root = repo.write_mtree(mtree, None)
+            variant = GLib.Variant("a{sv}", {k: _variant(v) for k, v in metadata.items()})
+            _, checksum = repo.write_commit(None, subject, None, variant, root, None)
+            repo.transaction_set_ref(None, ref, checksum)
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
+        return str(checksum)
+
+    # --- changing deployments ----------------------------------------------------------------------------
+
+    @_wrap("deploying")
+    def deploy(
+        self,
+        checksum: str,
+        *,
+        origin: Mapping[str, str],
+        kargs: Sequence[str],
+        prepare: Callable[[Path], None] | None = None,
+    ) -> OSTree.Deployment:
+        """Deploy `checksum` as the new default, keeping every existing deployment.
+
+        `prepare(deployment_dir)` may change the new deployment (e.g. its /etc) before it enters the boot
+        configuration; if it fails, the half-made deployment is never referenced and cleanup removes it.
+        """
+        merge = self.merge_deployment()
+        keyfile = GLib.KeyFile()
+        keyfile.set_string("origin", "unconfigured-state", "Arkēs systems are updated with `os upgrade`")
+        for key, value in origin.items():
+            keyfile.set_string(ORIGIN_GROUP, key, value)
+        _, deployment = self._sysroot.deploy_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
+        if prepare is not None:
+            prepare(self.deployment_dir(deployment))
+        flags = OSTree.SysrootSimpleWriteDeploymentFlags.RETAIN
+        self._sysroot.simple_write_deployment(STATEROOT, deployment, merge, flags, None)
+        self.reload()
+        return deployment
+
+    @_wrap("writing the deployment list")
+    def write_deployments(self, deployments: Sequence[OSTree.Deployment]) -> None:
+        """Make `deployments` (in boot order, the first the default) the whole list; others are removed."""
+        self._sysroot.write_deployments(list(deployments), None)
+        self.reload()
+
+    @_wrap("pinning")
+    def set_pinned(self, deployment: OSTree.Deployment, pinned: bool) -> None:
+        self._sysroot.deployment_set_pinned(deployment, pinned)
+        self.reload()
+
+    @_wrap("cleaning up")
+    def cleanup(self) -> tuple[int, int]:
+        """Remove undeployed directories and unreferenced objects; return (objects, bytes) freed."""
+        # prepare_cleanup removes undeployed directories and rewrites the ostree/N/M/I refs that hold every
+        # deployment's commit, so a refs-only prune keeps exactly the deployments and our own refs.
+        self._sysroot.prepare_cleanup(None)
+        result = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        _, _total, pruned, freed = result
+        log.debug(f"pruned {pruned} objects, {freed} bytes")
+        return int(pruned), int(freed)
+
+
+def _variant(value: Any) -> GLib.Variant:
+    if isinstance(value, GLib.Variant):
+        return value
+    if isinstance(value, str):
+        return GLib.Variant("s", value)
+    if isinstance(value, bool):
+        return GLib.Variant("b", value)
+    if isinstance(value, int):
+        return GLib.Variant("t", value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return GLib.Variant("as", value)
+    if isinstance(value, list) and all(isinstance(v, tuple) for v in value):
+        return GLib.Variant("a(ss)", value)
+    raise TypeError(f"no GVariant form for {value!r}")

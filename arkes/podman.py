@@ -1,0 +1,153 @@
+"""Thin typed wrappers around the Podman CLI. They build argument lists; `arkes.run` executes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from arkes import log, run
+from arkes.errors import BuildError, CommandError
+
+# Build images are named after their input hash so that a rebuild of known inputs is found again.
+BUILD_REPO = "localhost/arkes-build"
+
+
+def detected_isolation() -> str:
+    """`chroot` where OCI isolation cannot work (hybrid cgroup v1 hosts), `oci` elsewhere; ARKES_ISOLATION overrides."""
+    configured = os.environ.get("ARKES_ISOLATION")
+    if configured:
+        return configured
+    try:
+        unified = os.statvfs("/sys/fs/cgroup") and Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    except OSError:
+        unified = False
+    return "oci" if unified else "chroot"
+
+
+def _podman(*args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+    return ["podman", *args]
+
+
+def image_exists(ref: str) -> bool:
+    return run.run(_podman("image", "exists", ref), check=False).returncode == 0
+
+
+def inspect_image(ref: str) -> dict[str, object]:
+    result = run.run(_podman("image", "inspect", ref), what=f"podman image inspect {ref}")
+    data = json.loads(result.stdout)
+    if not data:
+        raise CommandError(f"podman knows no image {ref}")
+    image: dict[str, object] = data[0]
+    return image
+
+
+def image_digest(ref: str) -> str:
+    """The image's digest; for images that were never pushed, podman still records the manifest's digest."""
+    image = inspect_image(ref)
+    digest = image.get("Digest")
+    if isinstance(digest, str) and digest:
+        return digest
+    return f"sha256:{image['Id']}"
+
+
+def image_labels(ref: str) -> dict[str, str]:
+    image = inspect_image(ref)
+    config = image.get("Config")
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    return {str(k): str(v) for k, v in (labels or {}).items()}
+
+
+_STEP = re.compile(r"^STEP (\d+)/(\d+): (.*)")
+
+
+def build(
+    containerfile: Path,
+    context: Path,
+    tag: str,
+    *,
+    labels: Mapping[str, str] | None = None,
+    build_args: Mapping[str, str] | None = None,
+    on_step: Callable[[int, int, str], None] | None = None,
+    nice: bool = False,
+) -> None:
+    """`podman build` with cached layers; on_step(n, total, instruction) follows the STEP lines."""
+    argv: list[str | os.PathLike[str]] = _podman(
+        "build",
+        f"--isolation={detected_isolation()}",
+        "--pull=never",
+        "--layers",
+        "--network=host",
+        "-f",
+        containerfile,
+        "-t",
+        tag,
+    )
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in (build_args or {}).items():
+        argv += ["--build-arg", f"{key}={value}"]
+    argv.append(context)
+
+    def on_line(line: str) -> None:
+        match = _STEP.match(line)
+        if match and on_step:
+            on_step(int(match.group(1)), int(match.group(2)), match.group(3))
+
+    run.stream(argv, on_line, what="podman build", error=BuildError, nice=nice)
+
+
+def import_tarball(tarball: Path, ref: str, changes: list[str]) -> None:
+    argv: list[str | os.PathLike[str]] = _podman("import")
+    for change in changes:
+        argv += ["--change", change]
+    argv += [tarball, ref]
+    run.run(argv, what="podman import")
+
+
+def tag(ref: str, new: str) -> None:
+    run.run(_podman("tag", ref, new))
+
+
+def remove_images(refs: list[str]) -> None:
+    if refs:
+        run.run(_podman("rmi", "--force", *refs), check=False)
+
+
+def list_images(reference: str) -> list[dict[str, object]]:
+    result = run.run(_podman("images", "--format", "json", "--filter", f"reference={reference}"))
+    images: list[dict[str, object]] = json.loads(result.stdout or "[]")
+    return images
+
+
+def prune_dangling() -> None:
+    run.run(_podman("image", "prune", "--force"), check=False)
+
+
+@contextmanager
+def mounted_container(ref: str) -> Iterator[Path]:
+    """A writable container root of `ref`, mounted without copying; removed (with its changes) afterwards."""
+    created = run.run(_podman("create", "--pull=never", ref, "/bin/true"), what=f"podman create {ref}")
+    container = created.stdout.strip()
+    try:
+        mounted = run.run(_podman("mount", container), what="podman mount")
+        yield Path(mounted.stdout.strip())
+    finally:
+        run.run(_podman("umount", container), check=False)
+        run.run(_podman("rm", "--force", container), check=False)
+        log.debug(f"removed container {container[:12]}")
+
+
+def storage_bytes() -> int:
+    """Bytes used by podman's image store (for `os prune` and `os du`)."""
+    result = run.run(_podman("system", "df", "--format", "json"), check=False)
+    if result.returncode != 0:
+        return 0
+    total = 0
+    for row in json.loads(result.stdout or "[]"):
+        size = row.get("RawSize") or row.get("Size") or 0
+        total += int(size) if isinstance(size, int) else 0
+    return total

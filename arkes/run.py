@@ -1,0 +1,157 @@
+"""The one place that starts external programs.
+
+argv is always a list, stdin is closed, the locale is fixed, the command is logged at debug level, a missing
+program becomes ToolMissingError naming the package to install, and a failure becomes CommandError carrying the
+tail of the program's output.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import log
+from arkes.errors import CommandError, ToolMissingError
+
+# Which Debian package brings each program we call, for the hint of ToolMissingError.
+PACKAGES = {
+    "podman": "podman",
+    "ostree": "ostree",
+    "mmdebstrap": "mmdebstrap",
+    "zstd": "zstd",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "runc": "runc",
+    "dracut": "dracut",
+}
+
+TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LANG"] = "C.UTF-8"
+    env.pop("LC_ALL", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        package = PACKAGES.get(program, program)
+        raise ToolMissingError(f"{program} is not installed", hint=f"apt-get install {package}")
+    return path
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    what: str | None = None,
+) -> Result:
+    """Run a program to completion and capture its output."""
+    args = [os.fspath(a) for a in argv]
+    which(args[0])
+    log.debug(f"+ {shlex.join(args)}")
+    proc = subprocess.run(
+        args,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env=_env(env),
+        cwd=cwd,
+        check=False,
+    )
+    result = Result(
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
+    if check and proc.returncode != 0:
+        output = tail(result.stderr or result.stdout)
+        raise CommandError(f"{what or args[0]} failed (exit {proc.returncode}):\n{output}")
+    return result
+
+
+def output_bytes(argv: Sequence[str | os.PathLike[str]], *, input: bytes | None = None, what: str | None = None) -> bytes:
+    """Run a filter program and return its binary output."""
+    args = [os.fspath(a) for a in argv]
+    which(args[0])
+    log.debug(f"+ {shlex.join(args)}")
+    proc = subprocess.run(
+        args, input=input, stdin=None if input is not None else subprocess.DEVNULL, capture_output=True, env=_env(None)
+    )
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace")
+        raise CommandError(f"{what or args[0]} failed (exit {proc.returncode}):\n{tail(stderr)}")
+    return proc.stdout
+
+
+def stream(
+    argv: Sequence[str | os.PathLike[str]],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str | None = None,
+    error: type[CommandError] = CommandError,
+    nice: bool = False,
+) -> str:
+    """Run a long program, handing each output line (stdout and stderr merged) to on_line; return all output."""
+    args = [os.fspath(a) for a in argv]
+    which(args[0])
+    log.debug(f"+ {shlex.join(args)}")
+    lines: list[str] = []
+    with subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_env(env),
+        cwd=cwd,
+        preexec_fn=_lower_priority if nice else None,
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            lines.append(line)
+            log.debug(line)
+            on_line(line)
+        returncode = proc.wait()
+    output = "\n".join(lines)
+    if returncode != 0:
+        raise error(f"{what or args[0]} failed (exit {returncode}):\n{tail(output)}")
+    return output
+
+
+def _lower_priority() -> None:
+    # Builds run beside a working system: yield the CPU and disk to it.
+    os.nice(10)
+    try:
+        # ioprio_set(IOPRIO_WHO_PROCESS, self, class idle) via the raw syscall: no Python binding exists.
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(251, 1, 0, (3 << 13) | 0)
+    except OSError:
+        pass

@@ -1,0 +1,115 @@
+"""The status model of a system. Collected from libostree; JSON and the human table are pure functions of it."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from arkes import build
+from arkes.ostree import Sysroot
+
+API_VERSION = "arkes/v1"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    index: int
+    checksum: str
+    stateroot: str
+    serial: int
+    version: str
+    timestamp: str
+    input_hash: str
+    base_image: str
+    base_digest: str
+    systemfile_sha256: str
+    packages: int
+    kargs: tuple[str, ...]
+    booted: bool
+    default: bool
+    rollback: bool
+    staged: bool
+    pinned: bool
+    unlocked: str
+
+
+@dataclass(frozen=True)
+class Status:
+    sysroot: str
+    deployments: tuple[Deployment, ...]
+
+
+def collect(sysroot: Sysroot) -> Status:
+    booted = sysroot.booted
+    result = []
+    for index, d in enumerate(sysroot.deployments()):
+        commit = sysroot.commit(d.get_csum())
+        meta = commit.metadata
+        unlocked = d.get_unlocked()
+        result.append(
+            Deployment(
+                index=index,
+                checksum=d.get_csum(),
+                stateroot=d.get_osname(),
+                serial=d.get_deployserial(),
+                version=commit.version,
+                timestamp=datetime.datetime.fromtimestamp(commit.timestamp, datetime.UTC).isoformat(),
+                input_hash=str(meta.get(build.META_INPUT_HASH, "")),
+                base_image=str(meta.get(build.META_BASE_IMAGE, "")),
+                base_digest=str(meta.get(build.META_BASE_DIGEST, "")),
+                systemfile_sha256=str(meta.get(build.META_SYSTEMFILE_SHA256, "")),
+                packages=len(meta.get(build.META_PACKAGES, [])),
+                kargs=tuple(sysroot.kargs(d)),
+                booted=booted is not None and booted.equal(d),
+                default=index == 0,
+                rollback=index == 1,
+                staged=d.is_staged(),
+                pinned=d.is_pinned(),
+                unlocked=d.unlocked_state_to_string(unlocked) if unlocked else "none",
+            )
+        )
+    return Status(str(sysroot.path), tuple(result))
+
+
+def to_json(status: Status) -> dict[str, Any]:
+    deployments = []
+    for d in status.deployments:
+        entry = asdict(d)
+        entry["kargs"] = list(d.kargs)
+        deployments.append(entry)
+    return {"apiVersion": API_VERSION, "sysroot": status.sysroot, "deployments": deployments}
+
+
+def _flags(d: Deployment) -> str:
+    names = [
+        name
+        for name, on in (
+            ("booted", d.booted),
+            ("default", d.default),
+            ("rollback", d.rollback),
+            ("staged", d.staged),
+            ("pinned", d.pinned),
+            (f"unlocked={d.unlocked}", d.unlocked != "none"),
+        )
+        if on
+    ]
+    return ", ".join(names)
+
+
+def render(status: Status) -> str:
+    """The human view: one block per deployment, in boot order, the booted one marked with ●."""
+    if not status.deployments:
+        return f"No deployments in {status.sysroot}.\n"
+    lines = []
+    for d in status.deployments:
+        mark = "●" if d.booted else " "
+        lines.append(f"{mark} {d.index}  {d.version or '(no version)'}  [{_flags(d)}]")
+        lines.append(f"     commit      {d.checksum}.{d.serial}")
+        lines.append(f"     built       {d.timestamp}")
+        lines.append(f"     base        {d.base_image or '-'} {d.base_digest or ''}".rstrip())
+        lines.append(f"     input hash  {d.input_hash or '-'}")
+        lines.append(f"     packages    {d.packages}")
+        lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
+        lines.append("")
+    return "\n".join(lines)

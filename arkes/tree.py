@@ -1,0 +1,332 @@
+"""Rewrite an image's root filesystem into the OSTree layout of DESIGN.md, and read facts off such a tree.
+
+The rewrite works in place on a writable root (a mounted container, or a test's temporary directory):
+/etc moves to /usr/etc, /var is emptied into tmpfiles.d entries (files that must exist are seeded from a factory
+copy under /usr/share/factory), the persistent directories become links into /var, the kernel and initramfs move
+next to their modules, and the package database moves into /usr so it always matches the image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes.errors import ArkesError
+
+# Directories of the merged-/usr layout: each must be a link into /usr.
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+# Persistent, user-owned places: the path in the image and the /var path it becomes.
+PERSISTENT = {
+    "home": "var/home",
+    "root": "var/roothome",
+    "opt": "var/opt",
+    "srv": "var/srv",
+    "mnt": "var/mnt",
+    "usr/local": "var/usrlocal",
+}
+
+# Package databases leave /var for /usr, where they always describe the image they came with.
+PACKAGE_DATABASES = {"var/lib/dpkg": "usr/lib/sysimage/dpkg", "var/lib/rpm": "usr/lib/sysimage/rpm"}
+
+# Content under these /var paths is cache, log or download state: the directories are kept, their files are not.
+VOLATILE = ("var/cache", "var/log", "var/tmp", "var/lib/apt/lists", "var/spool/postfix/pid")
+
+FACTORY = "usr/share/factory"
+TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
+EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    vmlinuz: Path
+    initramfs: Path
+
+
+def rewrite(root: Path) -> None:
+    """Turn the image root `root` into a tree OSTree can deploy."""
+    if not (root / "usr").is_dir():
+        raise ArkesError(f"{root} has no /usr: this is not an operating system image")
+    _merge_usr(root)
+    _place_kernels(root)
+    _move_etc(root)
+    for src, dst in PACKAGE_DATABASES.items():
+        _move_package_database(root, src, dst)
+    for src, dst in PERSISTENT.items():
+        _make_persistent(root, src, dst)
+    _write_var_tmpfiles(root)
+    for name in EMPTIED:
+        _empty_dir(root / name)
+    (root / "sysroot").mkdir(exist_ok=True)
+    _replace_with_link(root / "ostree", "sysroot/ostree")
+
+
+def _replace_with_link(path: Path, target: str) -> None:
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    path.symlink_to(target)
+
+
+def _move_tree(src: Path, dst: Path) -> None:
+    """Move src's contents into dst, merging directories; the image's newer file wins over nothing."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copystat(src, dst)
+    for entry in list(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _move_tree(entry, target)
+        else:
+            if target.is_symlink() or target.exists():
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+            shutil.move(os.fspath(entry), os.fspath(target))
+    shutil.rmtree(src)
+
+
+def _merge_usr(root: Path) -> None:
+    for name in MERGED_USR:
+        path = root / name
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            _move_tree(path, root / "usr" / name)
+            path.symlink_to(f"usr/{name}")
+        elif (root / "usr" / name).is_dir():
+            path.symlink_to(f"usr/{name}")
+
+
+def _place_kernels(root: Path) -> None:
+    """Put vmlinuz and initramfs.img beside the modules of each kernel, where OSTree looks for them."""
+    modules = root / "usr/lib/modules"
+    boot = root / "boot"
+    if not modules.is_dir():
+        return
+    for moddir in sorted(modules.iterdir()):
+        kver = moddir.name
+        vmlinuz = moddir / "vmlinuz"
+        if not vmlinuz.exists():
+            for candidate in (boot / f"vmlinuz-{kver}",):
+                if candidate.is_file():
+                    shutil.move(os.fspath(candidate), os.fspath(vmlinuz))
+        initramfs = moddir / "initramfs.img"
+        if not initramfs.exists():
+            for candidate in (boot / f"initrd.img-{kver}", boot / f"initramfs-{kver}.img"):
+                if candidate.is_file() and not candidate.is_symlink():
+                    shutil.move(os.fspath(candidate), os.fspath(initramfs))
+                    break
+
+
+def kernels(root: Path) -> list[Kernel]:
+    modules = root / "usr/lib/modules"
+    if not modules.is_dir():
+        return []
+    return [
+        Kernel(d.name, d / "vmlinuz", d / "initramfs.img")
+        for d in sorted(modules.iterdir())
+        if (d / "vmlinuz").is_file()
+    ]
+
+
+def _move_etc(root: Path) -> None:
+    etc, usr_etc = root / "etc", root / "usr/etc"
+    if not etc.is_dir() or etc.is_symlink():
+        if not usr_etc.is_dir():
+            raise ArkesError("the image has neither /etc nor /usr/etc")
+        if etc.is_symlink() or etc.exists():
+            etc.unlink()
+        return
+    if usr_etc.exists():
+        raise ArkesError("the image has both /etc and /usr/etc; only one can hold the defaults")
+    # A machine's identity is made on its first boot, never shipped in an image.
+    for name in ("machine-id",):
+        path = etc / name
+        if path.is_file() and not path.is_symlink():
+            path.write_text("")
+    for name in ("hostname", "hosts", "resolv.conf"):
+        path = etc / name
+        if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+            path.unlink()  # empty placeholders the container runtime leaves behind
+    shutil.move(os.fspath(etc), os.fspath(usr_etc))
+
+
+def _move_package_database(root: Path, src: str, dst: str) -> None:
+    source = root / src
+    if not source.is_dir() or source.is_symlink():
+        return
+    _move_tree(source, root / dst)
+    # /var/lib/dpkg becomes a link created at boot (see the tmpfiles entry below).
+    relative = os.path.relpath(root / dst, (root / src).parent)
+    source.symlink_to(relative)
+
+
+def _make_persistent(root: Path, src: str, dst: str) -> None:
+    source = root / src
+    target = root / dst
+    link = os.path.relpath(target, source.parent)
+    if source.is_symlink():
+        if os.readlink(source) != link:
+            source.unlink()
+            source.symlink_to(link)
+        return
+    if source.is_dir():
+        _move_tree(source, target)
+    elif source.exists():
+        source.unlink()
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+    source.symlink_to(link)
+
+
+def declared_paths(root: Path) -> set[str]:
+    """Paths that tmpfiles.d files of the image already declare (so we do not declare them twice)."""
+    paths: set[str] = set()
+    for directory in ("usr/lib/tmpfiles.d", "usr/etc/tmpfiles.d"):
+        base = root / directory
+        if not base.is_dir():
+            continue
+        for conf in sorted(base.glob("*.conf")):
+            if conf.name == Path(TMPFILES).name:
+                continue
+            for line in conf.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and not fields[0].startswith("#"):
+                    paths.add(fields[1].rstrip("/"))
+    return paths
+
+
+def _is_volatile(relative: str) -> bool:
+    return any(relative == v or relative.startswith(v + "/") for v in VOLATILE)
+
+
+def _write_var_tmpfiles(root: Path) -> None:
+    """Describe everything in /var as tmpfiles.d lines, keep needed file content in the factory, empty /var."""
+    var = root / "var"
+    declared = declared_paths(root)
+    lines = ["# Made by `os` from the image's /var: recreated at boot, never overwriting what exists."]
+    if var.is_dir() and not var.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(var):
+            dirnames.sort()
+            current = Path(dirpath)
+            relative = current.relative_to(root).as_posix()
+            if relative != "var":
+                _describe(root, current, relative, lines, declared)
+            for name in sorted(filenames) + [d for d in dirnames if (current / d).is_symlink()]:
+                entry = current / name
+                entry_rel = entry.relative_to(root).as_posix()
+                if entry.is_symlink() or not _is_volatile(entry_rel):
+                    _describe(root, entry, entry_rel, lines, declared)
+        for child in list(var.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        var.mkdir(exist_ok=True)
+    out = root / TMPFILES
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _describe(root: Path, entry: Path, relative: str, lines: list[str], declared: set[str]) -> None:
+    st = entry.lstat()
+    path = "/" + relative
+    if path in declared:
+        return
+    owner = f"{st.st_uid} {st.st_gid}"
+    mode = f"{stat.S_IMODE(st.st_mode):04o}"
+    if stat.S_ISLNK(st.st_mode):
+        lines.append(f"L {_quote(path)} - - - - {os.readlink(entry)}")
+    elif stat.S_ISDIR(st.st_mode):
+        lines.append(f"d {_quote(path)} {mode} {owner} -")
+    elif stat.S_ISREG(st.st_mode):
+        factory = root / FACTORY / relative
+        factory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(entry, factory)
+        lines.append(f"C {_quote(path)} - - - - /{FACTORY}/{relative}")
+        lines.append(f"z {_quote(path)} {mode} {owner} -")
+    # Sockets, fifos and device nodes in /var are runtime state; nothing to keep.
+
+
+def _quote(path: str) -> str:
+    return path if " " not in path and '"' not in path else '"' + path.replace('"', '\\"') + '"'
+
+
+def _empty_dir(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    if path.is_dir():
+        for child in list(path.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        path.mkdir()
+
+
+# --- facts read off a rewritten tree ------------------------------------------------------------------------
+
+
+def packages(root: Path) -> list[tuple[str, str]]:
+    """(name, version) of every installed package, from the package database the tree carries."""
+    status = root / PACKAGE_DATABASES["var/lib/dpkg"] / "status"
+    if not status.is_file():
+        status = root / "var/lib/dpkg/status"
+    if not status.is_file():
+        return []
+    result: list[tuple[str, str]] = []
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            name = fields["Package"]
+            arch = fields.get("Architecture", "")
+            if arch and arch not in ("all", "amd64") and ":" not in name:
+                name = f"{name}:{arch}"
+            result.append((name, fields.get("Version", "")))
+    return sorted(result)
+
+
+def read_kargs(text: str) -> list[str]:
+    """Kernel arguments from a kargs file: whitespace-separated, `#` starts a comment."""
+    args: list[str] = []
+    for line in text.splitlines():
+        args.extend(line.split("#", 1)[0].split())
+    return args
+
+
+def image_kargs(root: Path) -> list[str]:
+    """Kernel arguments the image declares in /usr/lib/arkes/kargs.d/*, in file name order."""
+    directory = root / "usr/lib/arkes/kargs.d"
+    args: list[str] = []
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            if path.is_file():
+                args.extend(read_kargs(path.read_text(errors="replace")))
+    return args
+
+
+def os_release(root: Path) -> dict[str, str]:
+    for candidate in ("usr/lib/os-release", "usr/etc/os-release", "etc/os-release"):
+        path = root / candidate
+        if path.is_file():
+            fields: dict[str, str] = {}
+            for line in path.read_text(errors="replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip() and not key.startswith("#"):
+                    fields[key.strip()] = value.strip().strip("\"'")
+            return fields
+    return {}

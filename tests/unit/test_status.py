@@ -1,0 +1,79 @@
+"""Status rendering from saved models: JSON and the human view are pure functions of the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from arkes import status
+
+DATA = Path(__file__).parent / "data"
+
+
+def deployment(index: int, **overrides: object) -> status.Deployment:
+    fields: dict[str, object] = {
+        "index": index,
+        "checksum": f"{index}" * 64,
+        "stateroot": "arkes",
+        "serial": 0,
+        "version": f"20261129.{2 - index}",
+        "timestamp": f"2026-11-29T0{4 - index}:00:00+00:00",
+        "input_hash": f"{'ab' if index else 'cd'}" * 32,
+        "base_image": "localhost/arkes:base",
+        "base_digest": "sha256:" + "e" * 64,
+        "systemfile_sha256": "f" * 64,
+        "packages": 312,
+        "kargs": ("console=tty0", "console=ttyS0,115200"),
+        "booted": False,
+        "default": index == 0,
+        "rollback": index == 1,
+        "staged": False,
+        "pinned": False,
+        "unlocked": "none",
+    }
+    fields.update(overrides)
+    return status.Deployment(**fields)  # type: ignore[arg-type]
+
+
+MODEL = status.Status(
+    "/srv/sysroot",
+    (deployment(0), deployment(1, booted=True, pinned=True, unlocked="hotfix")),
+)
+
+
+def golden(name: str, text: str) -> None:
+    path = DATA / name
+    if os.environ.get("ARKES_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_human_rendering_matches_saved_output() -> None:
+    golden("status.txt", status.render(MODEL))
+
+
+def test_json_matches_saved_output() -> None:
+    golden("status.json", json.dumps(status.to_json(MODEL), indent=2) + "\n")
+
+
+def test_json_schema_fields() -> None:
+    data = status.to_json(MODEL)
+    assert data["apiVersion"] == "arkes/v1"
+    first = data["deployments"][0]
+    for key in ("index", "checksum", "serial", "version", "timestamp", "input_hash", "base_image", "base_digest",
+                "booted", "default", "rollback", "pinned", "unlocked"):
+        assert key in first
+    assert [d["booted"] for d in data["deployments"]] == [False, True]
+
+
+def test_empty_status() -> None:
+    assert "No deployments" in status.render(status.Status("/x", ()))
+
+
+@pytest.mark.parametrize("flag", ["booted", "pinned", "staged"])
+def test_flags_are_shown(flag: str) -> None:
+    text = status.render(status.Status("/x", (deployment(0, **{flag: True}),)))
+    assert flag in text.splitlines()[0]

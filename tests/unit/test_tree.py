@@ -1,0 +1,167 @@
+"""The rewrite into the OSTree layout, on small synthetic trees."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from arkes import tree
+from arkes.errors import ArkesError
+
+DPKG_STATUS = """\
+Package: base-files
+Status: install ok installed
+Architecture: amd64
+Version: 12.4
+
+Package: removed-thing
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 1.0
+
+Package: libc6
+Status: install ok installed
+Architecture: amd64
+Version: 2.36-9
+Description: GNU C Library
+ continued line: not a field
+"""
+
+
+def make_image(root: Path) -> Path:
+    for d in ("usr/bin", "usr/lib/modules/6.1.0-test", "usr/lib/tmpfiles.d", "etc/system", "boot", "tmp", "run"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "sbin").mkdir()
+    (root / "sbin/legacy-tool").write_text("#!/bin/sh\n")
+    (root / "bin").symlink_to("usr/bin")
+    (root / "etc/hostname").write_text("")
+    (root / "etc/machine-id").write_text("0123456789abcdef\n")
+    (root / "etc/system/Systemfile").write_text("FROM x\n")
+    (root / "boot/vmlinuz-6.1.0-test").write_bytes(b"kernel")
+    (root / "boot/initrd.img-6.1.0-test").write_bytes(b"initrd")
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(DPKG_STATUS)
+    (root / "var/lib/app").mkdir(parents=True)
+    (root / "var/lib/app/state").write_text("seed")
+    os.chmod(root / "var/lib/app", 0o750)
+    (root / "var/cache/apt").mkdir(parents=True)
+    (root / "var/cache/apt/pkgcache.bin").write_bytes(b"cache")
+    (root / "var/log").mkdir()
+    (root / "var/log/dpkg.log").write_text("log")
+    (root / "var/run").symlink_to("/run")
+    (root / "var/tmp").mkdir()
+    (root / "usr/lib/tmpfiles.d/var.conf").write_text("d /var/log 0755 - - -\nq /var/tmp 1777 root root 30d\n")
+    (root / "home/alice").mkdir(parents=True)
+    (root / "home/alice/notes").write_text("hi")
+    (root / "root").mkdir()
+    (root / "opt").mkdir()
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "tmp/junk").write_text("x")
+    (root / "usr/lib/arkes/kargs.d").mkdir(parents=True)
+    (root / "usr/lib/arkes/kargs.d/10-a.conf").write_text("console=ttyS0  # serial\n# nothing\nquiet\n")
+    (root / "usr/lib/arkes/kargs.d/20-b.conf").write_text("rd.debug\n")
+    (root / "usr/lib/os-release").write_text('NAME="Arkēs"\nID=arkes\n')
+    return root
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    root = make_image(tmp_path / "root")
+    tree.rewrite(root)
+    return root
+
+
+def tmpfiles(root: Path) -> list[str]:
+    return (root / tree.TMPFILES).read_text().splitlines()
+
+
+def test_etc_moves_to_usr_etc(image: Path) -> None:
+    assert not (image / "etc").exists()
+    assert (image / "usr/etc/system/Systemfile").read_text() == "FROM x\n"
+    assert (image / "usr/etc/machine-id").read_text() == ""
+    assert not (image / "usr/etc/hostname").exists()
+
+
+def test_kernel_and_initramfs_move_beside_modules(image: Path) -> None:
+    moddir = image / "usr/lib/modules/6.1.0-test"
+    assert (moddir / "vmlinuz").read_bytes() == b"kernel"
+    assert (moddir / "initramfs.img").read_bytes() == b"initrd"
+    assert list((image / "boot").iterdir()) == []
+    assert [k.version for k in tree.kernels(image)] == ["6.1.0-test"]
+
+
+def test_var_is_emptied_into_tmpfiles(image: Path) -> None:
+    assert list((image / "var").iterdir()) == []
+    lines = tmpfiles(image)
+    assert "d /var/lib/app 0750 0 0 -" in lines
+    assert "C /var/lib/app/state - - - - /usr/share/factory/var/lib/app/state" in lines
+    assert (image / "usr/share/factory/var/lib/app/state").read_text() == "seed"
+    assert "L /var/run - - - - /run" in lines
+
+
+def test_volatile_content_is_dropped_and_declared_paths_are_not_repeated(image: Path) -> None:
+    lines = tmpfiles(image)
+    assert not any("pkgcache.bin" in line or "dpkg.log" in line for line in lines)
+    assert "d /var/cache/apt 0755 0 0 -" in lines
+    # /var/log and /var/tmp are declared by the image's own tmpfiles.d already.
+    assert not any(line.split()[1] in ("/var/log", "/var/tmp") for line in lines if not line.startswith("#"))
+
+
+def test_package_database_moves_into_usr(image: Path) -> None:
+    assert (image / "usr/lib/sysimage/dpkg/status").is_file()
+    assert "L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg" in tmpfiles(image)
+    assert tree.packages(image) == [("base-files", "12.4"), ("libc6", "2.36-9")]
+
+
+def test_persistent_places_link_into_var(image: Path) -> None:
+    expected = {
+        "home": "var/home",
+        "root": "var/roothome",
+        "opt": "var/opt",
+        "srv": "var/srv",
+        "mnt": "var/mnt",
+        "usr/local": "../var/usrlocal",
+        "ostree": "sysroot/ostree",
+    }
+    for link, target in expected.items():
+        assert os.readlink(image / link) == target, link
+    assert (image / "sysroot").is_dir()
+    lines = tmpfiles(image)
+    assert "C /var/home/alice/notes - - - - /usr/share/factory/var/home/alice/notes" in lines
+    assert "d /var/usrlocal/bin 0755 0 0 -" in lines
+
+
+def test_merged_usr_and_emptied_dirs(image: Path) -> None:
+    assert os.readlink(image / "sbin") == "usr/sbin"
+    assert (image / "usr/sbin/legacy-tool").is_file()
+    assert os.readlink(image / "bin") == "usr/bin"
+    assert list((image / "tmp").iterdir()) == []
+    for name in ("proc", "sys", "dev", "run"):
+        assert (image / name).is_dir()
+
+
+def test_rewrite_is_idempotent_on_layout(image: Path) -> None:
+    # A tree that already has /usr/etc and no /etc is accepted as it is.
+    tree.rewrite(image)
+    assert (image / "usr/etc/system/Systemfile").is_file()
+
+
+def test_both_etc_and_usr_etc_is_refused(tmp_path: Path) -> None:
+    root = make_image(tmp_path / "root")
+    (root / "usr/etc").mkdir()
+    with pytest.raises(ArkesError, match="both /etc and /usr/etc"):
+        tree.rewrite(root)
+
+
+def test_not_an_os_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    with pytest.raises(ArkesError, match="no /usr"):
+        tree.rewrite(tmp_path)
+
+
+def test_kargs_and_os_release(image: Path) -> None:
+    assert tree.image_kargs(image) == ["console=ttyS0", "quiet", "rd.debug"]
+    assert tree.os_release(image)["ID"] == "arkes"
+    assert tree.read_kargs("a=1 b # c\n\n  d\n") == ["a=1", "b", "d"]
