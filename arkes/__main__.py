@@ -16,6 +16,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except BrokenPipeError:
+        # The reader of our output went away (`os status --json | head`): nothing left to say.
+        sys.stderr.close()
+        return 1
     except KeyboardInterrupt:
         log.logger.error("interrupted")
         return 130

@@ -47,10 +47,9 @@ def target_path(args: argparse.Namespace) -> Path:
 def open_target(args: argparse.Namespace) -> Sysroot:
     path = target_path(args)
     if not Sysroot.is_initialized(path):
-        raise UsageError(
-            f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`"
-        )
-    return Sysroot.open(path)
+        raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
+    sysroot: Sysroot = Sysroot.open(path)
+    return sysroot
 
 
 def _systemfile_arg(args: argparse.Namespace) -> Path | None:
@@ -61,10 +60,7 @@ def _systemfile_arg(args: argparse.Namespace) -> Path | None:
 
 
 def cli_check(args: argparse.Namespace) -> int:
-    if args.path:
-        path = Path(args.path)
-    else:
-        path = deploy.resolve_systemfile(open_target(args), None)
+    path = Path(args.path) if args.path else deploy.resolve_systemfile(open_target(args), None)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     problems = systemfile.problems(path)
@@ -176,7 +172,7 @@ def cli_images(args: argparse.Namespace) -> int:
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ref in wanted:
         built = images.ensure(ref, force=args.rebuild and ref == wanted[-1])
         rows.append({"ref": ref, "digest": podman.image_digest(ref), "rebuilt": built.rebuilt})

@@ -184,7 +184,7 @@ def revert(sysroot: Sysroot) -> str:
         with log.step("revert"):
             sysroot.write_deployments(others)
         log.info(f"removed deployment 0 (version {version}); the previous deployment is the default again")
-        return newest.get_csum()
+        return str(newest.get_csum())
 
 
 def rollback(sysroot: Sysroot) -> None:
@@ -219,11 +219,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
         sysroot.reload()
         deployments = sysroot.deployments()
         booted = sysroot.booted
-        removed = [
-            d
-            for d in deployments[keep:]
-            if not d.is_pinned() and not (booted is not None and booted.equal(d))
-        ]
+        removed = [d for d in deployments[keep:] if not d.is_pinned() and not (booted is not None and booted.equal(d))]
         if removed:
             kept = [d for d in sysroot.all_deployments() if not any(d.equal(r) for r in removed)]
             with log.step(f"remove {len(removed)} deployment(s)"):
@@ -234,10 +230,11 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, ""))[:16]
             for d in sysroot.deployments()
         }
-        stale = []
+        stale: list[str] = []
         image_bytes = 0
         for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
-            names = [str(n) for n in image.get("Names") or []]
+            raw_names = image.get("Names")
+            names = [str(n) for n in raw_names] if isinstance(raw_names, list) else []
             tags = [n.rsplit(":", 1)[-1] for n in names if n.startswith(podman.BUILD_REPO + ":")]
             if tags and not any(t in live for t in tags):
                 stale.extend(n for n in names if n.startswith(podman.BUILD_REPO + ":"))

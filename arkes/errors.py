@@ -40,7 +40,7 @@ class LockedError(ArkesError):
     """Another `os` process holds the sysroot lock."""
 
 
-class BuildError(ArkesError):
+class BuildError(CommandError):
     """`podman build` failed."""
 
 

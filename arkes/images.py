@@ -192,8 +192,16 @@ def _bootstrap(tarball: Path, debs: Path) -> None:
     if sources is not None:
         argv.append(sources)
     env = {"ARKES_DEBS": os.fspath(debs), "ARKES_DRACUT_CONF": os.fspath(dracut_conf)}
-    phases = ("running apt-get update", "downloading packages", "extracting archives", "installing essential",
-              "installing remaining", "running --customize-hook", "creating tarball", "success")
+    phases = (
+        "running apt-get update",
+        "downloading packages",
+        "extracting archives",
+        "installing essential",
+        "installing remaining",
+        "running --customize-hook",
+        "creating tarball",
+        "success",
+    )
     with log.step(f"bootstrap {ROOTFS} from Debian {SUITE}") as progress:
 
         def on_line(line: str) -> None:

@@ -29,7 +29,9 @@ def _initramfs(root: Path) -> str | None:
     failures = []
     for kernel in found:
         if not kernel.initramfs.is_file():
-            failures.append(f"no initramfs for kernel {kernel.version} (/usr/lib/modules/{kernel.version}/initramfs.img)")
+            failures.append(
+                f"no initramfs for kernel {kernel.version} (/usr/lib/modules/{kernel.version}/initramfs.img)"
+            )
             continue
         names = initramfs_names(kernel.initramfs)
         if not any(marker in names for marker in OSTREE_MARKERS):
@@ -140,4 +142,3 @@ def _cpio_names(data: bytes, offset: int, names: set[str]) -> int:
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
-

@@ -42,6 +42,7 @@ class Progress:
         self.name = name
         self.start = time.monotonic()
         self._last_line = ""
+        self._last_tenth = -1
         self._tty = is_tty() and logger.isEnabledFor(logging.INFO) and not logger.isEnabledFor(logging.DEBUG)
 
     def update(self, fraction: float | None, detail: str = "") -> None:
@@ -56,6 +57,12 @@ class Progress:
             sys.stderr.write(line)
             sys.stderr.flush()
         elif detail and detail != self._last_line:
+            # Without a terminal, a line per tenth of the way is enough to show progress in a log.
+            if fraction is not None:
+                tenth = int(min(max(fraction, 0.0), 1.0) * 10)
+                if tenth == self._last_tenth:
+                    return
+                self._last_tenth = tenth
             self._last_line = detail
             logger.info(f"{self.name}: {detail}")
 

@@ -73,8 +73,15 @@ class Sysroot:
         return (path / "ostree" / "repo" / "config").exists()
 
     @staticmethod
-    @_wrap("initializing the sysroot")
     def initialize(path: Path) -> Sysroot:
+        try:
+            Sysroot._initialize(path)
+        except GLib.Error as e:
+            raise ArkesError(f"initializing the sysroot {path}: {e.message}") from e
+        return Sysroot.open(path)
+
+    @staticmethod
+    def _initialize(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         sysroot = Sysroot(path)
         sysroot._sysroot.ensure_initialized(None)
@@ -87,16 +94,17 @@ class Sysroot:
         config.set_string("sysroot", "bootloader", "none")
         config.set_boolean("sysroot", "readonly", False)
         repo.write_config(config)
-        return Sysroot.open(path)
 
     @staticmethod
-    @_wrap("loading the sysroot")
     def open(path: Path) -> Sysroot:
         sysroot = Sysroot(path)
-        if path == Path("/"):
-            # On a booted system /sysroot is read-only; libostree makes a private mount namespace to write it.
-            sysroot._sysroot.initialize_with_mount_namespace(None)
-        sysroot._sysroot.load(None)
+        try:
+            if path == Path("/"):
+                # On a booted system /sysroot is read-only; libostree makes a private mount namespace to write it.
+                sysroot._sysroot.initialize_with_mount_namespace(None)
+            sysroot._sysroot.load(None)
+        except GLib.Error as e:
+            raise ArkesError(f"loading the sysroot {path}: {e.message}") from e
         return sysroot
 
     @_wrap("reloading the sysroot")
@@ -153,7 +161,7 @@ class Sysroot:
         return self._sysroot.get_merge_deployment(STATEROOT)
 
     def deployment_dir(self, deployment: OSTree.Deployment) -> Path:
-        return self.path / self._sysroot.get_deployment_dirpath(deployment)
+        return self.path / str(self._sysroot.get_deployment_dirpath(deployment))
 
     def origin(self, deployment: OSTree.Deployment) -> dict[str, str]:
         keyfile = deployment.get_origin()

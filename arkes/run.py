@@ -93,7 +93,9 @@ def run(
     return result
 
 
-def output_bytes(argv: Sequence[str | os.PathLike[str]], *, input: bytes | None = None, what: str | None = None) -> bytes:
+def output_bytes(
+    argv: Sequence[str | os.PathLike[str]], *, input: bytes | None = None, what: str | None = None
+) -> bytes:
     """Run a filter program and return its binary output."""
     args = [os.fspath(a) for a in argv]
     which(args[0])

@@ -84,5 +84,6 @@ def test_every_failure_is_listed(tmp_path: Path) -> None:
 def test_missing_initramfs_is_named(tmp_path: Path) -> None:
     root = bootable(tmp_path, b"")
     (root / "usr/lib/modules/6.1.0-test/initramfs.img").unlink()
-    assert lint.failures(root) == ["initramfs: no initramfs for kernel 6.1.0-test "
-                                   "(/usr/lib/modules/6.1.0-test/initramfs.img)"]
+    assert lint.failures(root) == [
+        "initramfs: no initramfs for kernel 6.1.0-test (/usr/lib/modules/6.1.0-test/initramfs.img)"
+    ]

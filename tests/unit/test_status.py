@@ -63,8 +63,21 @@ def test_json_schema_fields() -> None:
     data = status.to_json(MODEL)
     assert data["apiVersion"] == "arkes/v1"
     first = data["deployments"][0]
-    for key in ("index", "checksum", "serial", "version", "timestamp", "input_hash", "base_image", "base_digest",
-                "booted", "default", "rollback", "pinned", "unlocked"):
+    for key in (
+        "index",
+        "checksum",
+        "serial",
+        "version",
+        "timestamp",
+        "input_hash",
+        "base_image",
+        "base_digest",
+        "booted",
+        "default",
+        "rollback",
+        "pinned",
+        "unlocked",
+    ):
         assert key in first
     assert [d["booted"] for d in data["deployments"]] == [False, True]
 
