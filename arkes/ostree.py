@@ -35,13 +35,18 @@ def _check(result: Any, what: str) -> Any:
     return result
 
 
+def _error(what: str, e: GLib.Error) -> ArkesError:
+    hint = "free some space (`os prune` removes old deployments) and try again" if "No space" in e.message else None
+    return ArkesError(f"{what}: {e.message}", hint=hint)
+
+
 def _wrap(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         def inner(*args: Any, **kwargs: Any) -> Any:
             try:
                 return func(*args, **kwargs)
             except GLib.Error as e:
-                raise ArkesError(f"{what}: {e.message}") from e
+                raise _error(what, e) from e
 
         return inner
 
@@ -77,7 +82,7 @@ class Sysroot:
         try:
             Sysroot._initialize(path)
         except GLib.Error as e:
-            raise ArkesError(f"initializing the sysroot {path}: {e.message}") from e
+            raise _error(f"initializing the sysroot {path}", e) from e
         return Sysroot.open(path)
 
     @staticmethod
@@ -104,7 +109,7 @@ class Sysroot:
                 sysroot._sysroot.initialize_with_mount_namespace(None)
             sysroot._sysroot.load(None)
         except GLib.Error as e:
-            raise ArkesError(f"loading the sysroot {path}: {e.message}") from e
+            raise _error(f"loading the sysroot {path}", e) from e
         return sysroot
 
     @_wrap("reloading the sysroot")

@@ -127,10 +127,27 @@ def prune_dangling() -> None:
     run.run(_podman("image", "prune", "--force"), check=False)
 
 
+TREE_PREFIX = "arkes-tree-"
+
+
+def _remove_stale_containers() -> None:
+    """Containers of `os` processes that were killed before they could remove them."""
+    result = run.run(_podman("ps", "--all", "--format", "{{.Names}}", "--filter", f"name={TREE_PREFIX}"), check=False)
+    for name in result.stdout.split():
+        pid = name.removeprefix(TREE_PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            run.run(_podman("umount", name), check=False)
+            run.run(_podman("rm", "--force", name), check=False)
+            log.debug(f"removed the container {name} of a killed run")
+
+
 @contextmanager
 def mounted_container(ref: str) -> Iterator[Path]:
     """A writable container root of `ref`, mounted without copying; removed (with its changes) afterwards."""
-    created = run.run(_podman("create", "--pull=never", ref, "/bin/true"), what=f"podman create {ref}")
+    _remove_stale_containers()
+    name = f"{TREE_PREFIX}{os.getpid()}"
+    run.run(_podman("rm", "--force", name), check=False)
+    created = run.run(_podman("create", "--pull=never", "--name", name, ref, "/bin/true"), what=f"podman create {ref}")
     container = created.stdout.strip()
     try:
         mounted = run.run(_podman("mount", container), what="podman mount")

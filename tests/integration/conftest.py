@@ -1,0 +1,95 @@
+"""Fixtures for integration tests: the real `os` command on real Podman images and OSTree sysroots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+OS = Path(sys.executable).parent / "os"
+
+
+@dataclass
+class System:
+    """A sysroot under test, driven through the `os` command as a person would."""
+
+    path: Path
+
+    def os(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(OS), "--sysroot", str(self.path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"os {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def status(self) -> list[dict[str, Any]]:
+        deployments: list[dict[str, Any]] = json.loads(self.os("status", "--json").stdout)["deployments"]
+        return deployments
+
+    def deployment_dir(self, index: int = 0) -> Path:
+        d = self.status()[index]
+        return self.path / "ostree/deploy/arkes/deploy" / f"{d['checksum']}.{d['serial']}"
+
+    def etc(self, index: int = 0) -> Path:
+        return self.deployment_dir(index) / "etc"
+
+    @property
+    def repo(self) -> Path:
+        return self.path / "ostree/repo"
+
+    def refs(self) -> list[str]:
+        out = subprocess.run(["ostree", "refs", f"--repo={self.repo}"], capture_output=True, text=True, check=True)
+        return sorted(out.stdout.split())
+
+    def fsck(self) -> None:
+        result = subprocess.run(["ostree", "fsck", f"--repo={self.repo}"], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], list[str]]:
+        """What must not change when a command fails: the deployments in order, and the refs."""
+        return [(d["checksum"], d["serial"]) for d in self.status()], self.refs()
+
+
+def write_systemfile(directory: Path, body: str, **files: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "Systemfile"
+    path.write_text(textwrap.dedent(body).lstrip())
+    for name, content in files.items():
+        (directory / name).write_text(content)
+    return path
+
+
+def tree_containers() -> list[str]:
+    out = subprocess.run(
+        ["podman", "ps", "--all", "--format", "{{.Names}}", "--filter", "name=arkes-tree-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The distribution's base image, built (or found current) once per session by the tool itself."""
+    result = subprocess.run([str(OS), "images", "base"], capture_output=True, text=True, check=False, timeout=3600)
+    assert result.returncode == 0, result.stderr
+    return "localhost/arkes:base"
+
+
+@pytest.fixture
+def empty_sysroot(tmp_path: Path) -> Iterator[System]:
+    yield System(tmp_path / "sysroot")

@@ -1,0 +1,185 @@
+"""The life of a system, in order: install → upgrade with an /etc merge → no-op → build → rollback → revert →
+prune → pin. One sysroot for the module; each test continues from the state the previous one left."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import System, write_systemfile
+
+pytestmark = pytest.mark.integration
+
+V1 = """
+    FROM localhost/arkes:base
+    COPY hello.txt /etc/arkes-test/hello.txt
+    RUN printf 'v1\\n' > /etc/arkes-test/defaults.conf && printf 'v1\\n' > /etc/arkes-test/edited.conf
+    RUN post_build
+"""
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
+    root = tmp_path_factory.mktemp("lifecycle")
+    source = write_systemfile(root / "source", V1, **{"hello.txt": "hello from the context\n"})
+    system = System(root / "sysroot")
+    system.os("install", "--systemfile", str(source))
+    yield system
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+
+
+def test_install_deploys_one_default_deployment(system: System) -> None:
+    (d,) = system.status()
+    assert d["default"] and not d["booted"] and not d["pinned"]
+    assert d["version"] == f"{today()}.1"
+    assert d["base_image"] == "localhost/arkes:base"
+    assert d["base_digest"].startswith("sha256:")
+    assert len(d["input_hash"]) == 64
+    assert d["packages"] > 100
+    assert "console=ttyS0,115200" in d["kargs"]
+
+
+def test_install_layout(system: System) -> None:
+    deployment = system.deployment_dir()
+    etc = deployment / "etc"
+    assert (etc / "system/Systemfile").read_text().startswith("FROM localhost/arkes:base")
+    assert (etc / "system/hello.txt").is_file(), "the context travels with the Systemfile"
+    assert (etc / "arkes-test/hello.txt").read_text() == "hello from the context\n"
+    assert (deployment / "usr/etc/arkes-test/defaults.conf").read_text() == "v1\n"
+    assert (deployment / "home").readlink() == Path("var/home")
+    assert (deployment / "usr/lib/tmpfiles.d/arkes-var.conf").is_file()
+    assert list((deployment / "boot").iterdir()) == []
+    system.fsck()
+
+
+def test_install_refuses_a_sysroot_that_holds_a_system(system: System) -> None:
+    result = system.os("install", check=False)
+    assert result.returncode == 2
+    assert "already holds a system" in result.stderr
+
+
+def test_noop_upgrade_builds_nothing(system: System) -> None:
+    before = system.snapshot()
+    start = time.monotonic()
+    result = system.os("upgrade")
+    elapsed = time.monotonic() - start
+    assert "up to date" in result.stderr
+    assert "build" not in result.stderr.replace("up to date", "")
+    assert elapsed < 2.0, f"a no-op upgrade took {elapsed:.2f}s"
+    assert system.snapshot() == before
+
+
+def test_upgrade_merges_etc(system: System) -> None:
+    etc = system.etc()
+    # Local changes: an edited default and an added file.
+    (etc / "arkes-test/edited.conf").write_text("local\n")
+    (etc / "arkes-test/added.conf").write_text("added\n")
+    # The person changes the declared system: new defaults in /etc and a marker under /usr.
+    systemfile = etc / "system/Systemfile"
+    text = systemfile.read_text()
+    text = text.replace("'v1\\n' > /etc/arkes-test/defaults.conf", "'v2\\n' > /etc/arkes-test/defaults.conf")
+    text = text.replace("'v1\\n' > /etc/arkes-test/edited.conf", "'v2\\n' > /etc/arkes-test/edited.conf")
+    text = text.replace("RUN post_build", "RUN echo marker > /usr/share/arkes-marker\nRUN post_build")
+    systemfile.write_text(text)
+
+    result = system.os("upgrade", "--json")
+    assert '"deployed": true' in result.stdout
+    new, old = system.status()
+    assert new["default"] and old["rollback"]
+    assert new["version"] == f"{today()}.2"
+    assert new["input_hash"] != old["input_hash"]
+
+    new_dir, new_etc = system.deployment_dir(0), system.etc(0)
+    assert (new_dir / "usr/share/arkes-marker").read_text() == "marker\n"
+    assert not (system.deployment_dir(1) / "usr/share/arkes-marker").exists()
+    assert (new_etc / "arkes-test/edited.conf").read_text() == "local\n", "a local edit is kept"
+    assert (new_etc / "arkes-test/added.conf").read_text() == "added\n", "a local addition is kept"
+    assert (new_etc / "arkes-test/defaults.conf").read_text() == "v2\n", "an unedited default follows the image"
+    assert "arkes-marker" in (new_etc / "system/Systemfile").read_text()
+    system.fsck()
+
+
+def test_second_upgrade_is_a_noop(system: System) -> None:
+    result = system.os("upgrade")
+    assert "up to date" in result.stderr
+    assert len(system.status()) == 2
+
+
+def test_build_commits_without_deploying(system: System) -> None:
+    before = system.snapshot()
+    (system.etc() / "system/Systemfile").write_text(
+        (system.etc() / "system/Systemfile").read_text().replace("RUN post_build", "RUN true\nRUN post_build")
+    )
+    result = system.os("build")
+    checksum = result.stdout.strip()
+    assert len(checksum) == 64
+    assert system.snapshot()[0] == before[0], "os build deploys nothing"
+    rev = subprocess.run(
+        ["ostree", "rev-parse", f"--repo={system.repo}", "arkes/build"], capture_output=True, text=True, check=True
+    )
+    assert rev.stdout.strip() == checksum
+
+
+def test_rollback_swaps_the_default(system: System) -> None:
+    first, second = (d["checksum"] for d in system.status())
+    system.os("rollback")
+    assert [d["checksum"] for d in system.status()] == [second, first]
+    system.os("rollback")
+    assert [d["checksum"] for d in system.status()] == [first, second]
+
+
+def test_revert_removes_the_newest(system: System) -> None:
+    newest, previous = system.status()
+    result = system.os("revert")
+    assert "removed deployment 0" in result.stderr
+    (only,) = system.status()
+    assert only["checksum"] == previous["checksum"] and only["default"]
+    again = system.os("revert", check=False)
+    assert again.returncode == 2 and "only one deployment" in again.stderr
+    system.fsck()
+
+
+def test_prune_keeps_newest_and_pinned(system: System) -> None:
+    etc = system.etc()
+    systemfile = etc / "system/Systemfile"
+    for n in (1, 2):
+        systemfile = system.etc() / "system/Systemfile"
+        systemfile.write_text(systemfile.read_text().replace("RUN post_build", f"RUN echo {n}\nRUN post_build"))
+        system.os("upgrade")
+    deployments = system.status()
+    assert len(deployments) == 3
+    oldest = deployments[2]["checksum"]
+    system.os("pin", "2")
+    assert system.status()[2]["pinned"]
+
+    result = system.os("prune", "--keep", "1", "--json")
+    assert '"removedDeployments"' in result.stdout
+    remaining = system.status()
+    assert [d["checksum"] for d in remaining] == [deployments[0]["checksum"], oldest], "the pinned one stays"
+
+    unpin = system.os("pin", "--unpin", "1")
+    assert "unpinned" in unpin.stderr
+    system.os("prune", "--keep", "1")
+    (only,) = system.status()
+    assert only["checksum"] == deployments[0]["checksum"]
+    system.fsck()
+    images = subprocess.run(
+        ["podman", "images", "--format", "{{.Tag}}", "--filter", "reference=localhost/arkes-build"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert images == [only["input_hash"][:16]], "build images no deployment came from are removed"
+
+
+def test_pin_of_a_missing_index_is_refused(system: System) -> None:
+    result = system.os("pin", "7", check=False)
+    assert result.returncode == 2 and "no deployment 7" in result.stderr
