@@ -36,8 +36,13 @@ def _check(result: Any, what: str) -> Any:
 
 
 def _error(what: str, e: GLib.Error) -> ArkesError:
-    hint = "free some space (`os prune` removes old deployments) and try again" if "No space" in e.message else None
-    return ArkesError(f"{what}: {e.message}", hint=hint)
+    # OSTree refuses before the disk is full (min-free-space-percent) or fails when it is: the same cause for a person.
+    if "No space left" in e.message or "min-free-space" in e.message:
+        return ArkesError(
+            f"{what}: not enough disk space ({e.message})",
+            hint="free some space (`os prune` removes old deployments and build images) and try again",
+        )
+    return ArkesError(f"{what}: {e.message}")
 
 
 def _wrap(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

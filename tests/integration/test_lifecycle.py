@@ -137,7 +137,7 @@ def test_rollback_swaps_the_default(system: System) -> None:
 
 
 def test_revert_removes_the_newest(system: System) -> None:
-    newest, previous = system.status()
+    _newest, previous = system.status()
     result = system.os("revert")
     assert "removed deployment 0" in result.stderr
     (only,) = system.status()

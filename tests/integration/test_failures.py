@@ -1,0 +1,171 @@
+"""Bad input, a held lock, a full disk and kill -9: one clear message, the right exit code, and the previous
+deployment intact and default, with no new ref, deployment or leftover container."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import OS, System, tree_containers, write_systemfile
+
+pytestmark = pytest.mark.integration
+
+GOOD = """
+    FROM localhost/arkes:base
+    RUN post_build
+"""
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
+    root = tmp_path_factory.mktemp("failures")
+    system = System(root / "sysroot")
+    system.os("install", "--systemfile", str(write_systemfile(root / "good", GOOD)))
+    yield system
+
+
+def attempt(system: System, tmp_path: Path, body: str, **files: str) -> subprocess.CompletedProcess[str]:
+    """Upgrade from a bad Systemfile; assert that nothing changed, and return the result."""
+    before = system.snapshot()
+    source = write_systemfile(tmp_path / "bad", body, **files)
+    result = system.os("upgrade", "--systemfile", str(source), check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert system.snapshot() == before, "a failed upgrade changes no deployment and no ref"
+    assert tree_containers() == [], "no container is left behind"
+    return result
+
+
+def test_malformed_systemfile(system: System, tmp_path: Path) -> None:
+    result = attempt(system, tmp_path, "FROM localhost/arkes:base\nRUNN echo hi\nCOPY\n")
+    assert result.returncode == 2
+    path = tmp_path / "bad/Systemfile"
+    assert f"{path}:2: unknown instruction RUNN" in result.stderr
+    assert f"{path}:3:" in result.stderr
+
+
+def test_missing_base_image(system: System, tmp_path: Path) -> None:
+    result = attempt(system, tmp_path, "# a comment\nFROM localhost/no-such-image:1\nRUN true\n")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'bad/Systemfile'}:2: the base image localhost/no-such-image:1 does not exist" in result.stderr
+
+
+def test_failing_run_shows_its_output(system: System, tmp_path: Path) -> None:
+    body = "FROM localhost/arkes:base\nRUN echo the-build-broke-here >&2 && exit 3\n"
+    result = attempt(system, tmp_path, body)
+    assert result.returncode == 1
+    assert "podman build failed" in result.stderr
+    assert "the-build-broke-here" in result.stderr
+
+
+def test_unbootable_image_lists_every_failed_check(system: System, tmp_path: Path) -> None:
+    body = "FROM localhost/arkes:base\nRUN rm -f /usr/lib/modules/*/initramfs.img /usr/lib/os-release /etc/os-release\n"
+    result = attempt(system, tmp_path, body)
+    assert result.returncode == 1
+    assert "not bootable" in result.stderr
+    assert "initramfs: no initramfs for kernel" in result.stderr
+    assert "os-release: no os-release" in result.stderr
+
+
+def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from arkes.ostree import Sysroot\n"
+            "s = Sysroot.open(Path(sys.argv[1]))\n"
+            "with s.lock():\n    print('locked', flush=True)\n    time.sleep(120)\n",
+            str(system.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = system.snapshot()
+        result = system.os("upgrade", check=False)
+        assert result.returncode == 1
+        assert "the sysroot lock is held" in result.stderr
+        assert system.snapshot() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "up to date" in system.os("upgrade").stderr, "the lock is free again once its holder is gone"
+
+
+@pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
+def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, tmp_path: Path, moment: str) -> None:
+    before = system.snapshot()
+    systemfile = system.etc() / "system/Systemfile"
+    original = systemfile.read_text()
+    systemfile.write_text(original.replace("RUN post_build", f"RUN echo killed-at-{moment}\nRUN post_build"))
+    proc = subprocess.Popen(
+        [str(OS), "--sysroot", str(system.path), "upgrade"],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(f"{moment}...") or line.startswith(f"{moment}: "):
+                if moment == "commit":
+                    time.sleep(2)  # well inside the commit, which writes for several seconds
+                break
+            assert time.monotonic() < deadline, "the upgrade never reached the step"
+        else:
+            pytest.fail(f"the upgrade ended before {moment}:\n{''.join(seen)}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    systemfile.write_text(original)
+
+    assert system.snapshot() == before, "the previous deployment is intact and default"
+    system.fsck()
+
+
+def test_upgrade_works_after_kills(system: System) -> None:
+    systemfile = system.etc() / "system/Systemfile"
+    systemfile.write_text(systemfile.read_text().replace("RUN post_build", "RUN echo after-kill\nRUN post_build"))
+    system.os("upgrade")
+    assert len(system.status()) == 2
+    assert tree_containers() == []
+    system.fsck()
+
+
+def test_full_disk_leaves_nothing(tmp_path: Path, base_image: str) -> None:
+    image, mnt = tmp_path / "small.img", tmp_path / "mnt"
+    subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        system = System(mnt / "sysroot")
+        result = system.os("install", check=False)
+        assert result.returncode == 1
+        assert "not enough disk space" in result.stderr
+        assert "hint: free some space" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not system.path.exists(), "an install that failed leaves nothing behind"
+        assert tree_containers() == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_no_target_is_refused_with_a_hint() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ARKES_SYSROOT"}
+    result = subprocess.run([str(OS), "status"], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2
+    assert "not a booted Arkēs system" in result.stderr
+    assert "hint: " in result.stderr and "--sysroot" in result.stderr
