@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -93,3 +94,15 @@ def base_image() -> str:
 @pytest.fixture
 def empty_sysroot(tmp_path: Path) -> Iterator[System]:
     yield System(tmp_path / "sysroot")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_sysroots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sysroots are large; remove them after the session. OSTree marks deployment roots immutable, so lift that."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for repo in base.glob("**/ostree/repo"):
+        sysroot = repo.parent.parent
+        for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
+            subprocess.run(["chattr", "-i", str(deployment)], check=False)
+        shutil.rmtree(sysroot, ignore_errors=True)
