@@ -74,7 +74,41 @@ def cli_check(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _root_password(args: argparse.Namespace) -> str | None:
+    if args.no_root_password:
+        log.warn("root has no password: anyone at the console can log in as root (meant for test images)")
+        return None
+    if args.root_password is not None:
+        return str(args.root_password)
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("root password for the new system: ")
+        if first != getpass.getpass("again: "):
+            raise UsageError("the two passwords differ")
+        return first
+    raise UsageError(
+        "the new system needs a root password",
+        hint="give --root-password PW, or --no-root-password for a test image",
+    )
+
+
 def cli_install(args: argparse.Namespace) -> int:
+    if args.disk:
+        from arkes import diskimage
+
+        password = _root_password(args)
+        outcome = diskimage.install_disk(
+            Path(args.disk).absolute(),
+            size=args.size,
+            systemfile=_systemfile_arg(args),
+            root_password=password,
+            wipe=args.wipe,
+        )
+        log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) to {args.disk}")
+        if args.json:
+            emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
+        return 0
     path = target_path(args)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
@@ -183,6 +217,29 @@ def cli_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_vm(args: argparse.Namespace) -> int:
+    from arkes import vm
+
+    config = vm.Config(
+        disk=Path(args.path).absolute(),
+        uefi=args.uefi,
+        memory=args.memory,
+        cpus=args.cpus,
+        timeout=args.timeout,
+        boot_entry=args.boot_entry,
+    )
+    if args.exec is None:
+        if args.boot_entry is not None:
+            log.info(f"choose entry {args.boot_entry} in the boot menu yourself")
+        return vm.attach(config)
+    result = vm.execute(config, args.exec)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    return result.exitcode
+
+
 # --- the parser -------------------------------------------------------------------------------------------
 
 
@@ -232,9 +289,20 @@ def parser() -> argparse.ArgumentParser:
         "install a system into an empty sysroot directory",
         "Initialize an OSTree sysroot in the empty or absent --sysroot DIR, build the Systemfile\n"
         "(default: the distribution's own) and deploy it. The Systemfile and its context become the\n"
-        "deployment's /etc/system, from where later upgrades rebuild.",
+        "deployment's /etc/system, from where later upgrades rebuild.\n\n"
+        "With --disk PATH, install to a disk image (created sparse) or a block device instead: GPT with\n"
+        "a BIOS boot partition, an EFI system partition, /boot and the root filesystem; GRUB boots it\n"
+        "with BIOS and UEFI firmware; the base image is copied in so the system rebuilds itself offline.",
     )
     systemfile_flag(sub)
+    sub.add_argument("--disk", metavar="PATH", help="install to this disk image or block device")
+    sub.add_argument("--size", default="10G", help="size of a new disk image (default: 10G)")
+    sub.add_argument("--wipe", action="store_true", help="erase an existing disk image or block device")
+    password = sub.add_mutually_exclusive_group()
+    password.add_argument("--root-password", metavar="PW", help="root's password on the installed system")
+    password.add_argument(
+        "--no-root-password", action="store_true", help="leave root without a password (test images only)"
+    )
     json_flag(sub)
 
     sub = verb(
@@ -283,6 +351,25 @@ def parser() -> argparse.ArgumentParser:
     sub = verb("pin", cli_pin, "keep a deployment from being pruned (or --unpin it)")
     sub.add_argument("index", type=int, help="the deployment's index in `os status`")
     sub.add_argument("--unpin", action="store_true", help="remove the pin")
+
+    sub = verb(
+        "vm",
+        cli_vm,
+        "boot a disk image in QEMU: the console, or a command run in the guest",
+        "Boot a disk image made by `os install --disk` in QEMU (KVM where a hardware module is loaded,\n"
+        "TCG otherwise). Without --exec, the serial console is attached to this terminal: log in as root,\n"
+        "leave with Ctrl-A then X. With --exec, wait until the guest reaches multi-user, run CMD as root\n"
+        "with a shell, print its output, power the guest off and exit with CMD's exit status.",
+    )
+    sub.add_argument("path", help="the disk image")
+    sub.add_argument("--exec", metavar="CMD", help="run CMD in the guest, then power it off")
+    sub.add_argument("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu")
+    sub.add_argument("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS")
+    sub.add_argument("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)")
+    sub.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)")
+    sub.add_argument(
+        "--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"
+    )
 
     sub = verb(
         "images",

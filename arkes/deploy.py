@@ -8,10 +8,11 @@ previous deployment bootable and default.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import build, images, log, podman, tree
+from arkes import bootloader, build, images, log, podman, run, tree
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import Sysroot
 
@@ -69,7 +70,14 @@ class Outcome:
     up_to_date: bool
 
 
-def _deploy(sysroot: Sysroot, result: build.Result, install_kargs: list[str], *, copy: bool) -> None:
+def _deploy(
+    sysroot: Sysroot,
+    result: build.Result,
+    install_kargs: list[str],
+    *,
+    copy: bool,
+    customize: Callable[[Path], None] | None = None,
+) -> None:
     """Deploy a built commit as the new default. With copy, the Systemfile and its context become its /etc/system."""
     kargs = [*install_kargs, *result.image_kargs, *result.plan.kargs]
     origin = {ORIGIN_INPUT_HASH: result.plan.input_hash}
@@ -79,9 +87,12 @@ def _deploy(sysroot: Sysroot, result: build.Result, install_kargs: list[str], *,
     def prepare(deployment_dir: Path) -> None:
         if copy:
             _copy_system_dir(result.plan.context, result.plan.systemfile.path, deployment_dir)
+        if customize is not None:
+            customize(deployment_dir)
 
     with log.step("deploy"):
         sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
+        bootloader.write_menu(sysroot)
 
 
 def _dedupe(kargs: list[str]) -> list[str]:
@@ -91,11 +102,23 @@ def _dedupe(kargs: list[str]) -> list[str]:
     return list(seen)
 
 
-def install(path: Path, systemfile: Path | None, install_kargs: list[str] | None = None) -> Outcome:
-    """Initialize an empty directory as a sysroot and deploy the Systemfile's system into it."""
+def install(
+    path: Path,
+    systemfile: Path | None,
+    install_kargs: list[str] | None = None,
+    *,
+    mountpoints: tuple[str, ...] = (),
+    customize: Callable[[Path], None] | None = None,
+) -> Outcome:
+    """Initialize an empty directory as a sysroot and deploy the Systemfile's system into it.
+
+    `mountpoints` name entries that may already exist (the mounted /boot of a disk, lost+found); `customize`
+    changes the new deployment (its /etc) before it becomes bootable.
+    """
     if Sysroot.is_initialized(path):
         raise UsageError(f"{path} already holds a system", hint="use `os upgrade` to update it")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    allowed = {*mountpoints, "lost+found"} if mountpoints else set()
+    if path.exists() and (not path.is_dir() or any(c.name not in allowed for c in path.iterdir())):
         raise UsageError(f"{path} is not empty", hint="install into an empty or absent directory")
     source = (systemfile or images.default_systemfile()).resolve()
     created = not path.exists()
@@ -105,20 +128,32 @@ def install(path: Path, systemfile: Path | None, install_kargs: list[str] | None
         sysroot = Sysroot.initialize(path)
         with sysroot.lock():
             result = build.build(sysroot, p)
-            _deploy(sysroot, result, install_kargs or [], copy=True)
+            _deploy(sysroot, result, install_kargs or [], copy=True, customize=customize)
     except BaseException:
         # An install that did not finish leaves nothing behind: the directory was empty or absent.
-        if path.exists():
-            if created:
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                for child in path.iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink()
+        remove_sysroot(path, keep_dir=not created, keep=allowed)
         raise
     return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def remove_sysroot(path: Path, *, keep_dir: bool = False, keep: set[str] | None = None) -> None:
+    """Delete a sysroot's contents. OSTree makes deployment roots immutable, so that flag is lifted first."""
+    if not path.exists():
+        return
+    deployments = list(path.glob("ostree/deploy/*/deploy/*"))
+    if deployments:
+        run.run(["chattr", "-i", *deployments], check=False)
+    for child in list(path.iterdir()):
+        if keep and child.name in keep:
+            if child.is_dir() and not child.is_symlink():
+                remove_sysroot(child, keep_dir=True)
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink()
+    if not keep_dir:
+        path.rmdir()
 
 
 def resolve_systemfile(sysroot: Sysroot, systemfile: Path | None) -> Path:
@@ -183,6 +218,7 @@ def revert(sysroot: Sysroot) -> str:
         others = [d for d in sysroot.all_deployments() if not d.equal(newest)]
         with log.step("revert"):
             sysroot.write_deployments(others)
+            bootloader.write_menu(sysroot)
         log.info(f"removed deployment 0 (version {version}); the previous deployment is the default again")
         return str(newest.get_csum())
 
@@ -198,6 +234,7 @@ def rollback(sysroot: Sysroot) -> None:
         rest = [d for d in sysroot.all_deployments() if not d.equal(first) and not d.equal(second)]
         with log.step("rollback"):
             sysroot.write_deployments([second, first, *rest])
+            bootloader.write_menu(sysroot)
         log.info(f"version {sysroot.commit(second.get_csum()).version} is now the default for the next boot")
 
 
@@ -224,6 +261,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             kept = [d for d in sysroot.all_deployments() if not any(d.equal(r) for r in removed)]
             with log.step(f"remove {len(removed)} deployment(s)"):
                 sysroot.write_deployments(kept)
+                bootloader.write_menu(sysroot)
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
         live = {

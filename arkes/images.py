@@ -123,8 +123,24 @@ class Built:
     rebuilt: bool
 
 
+def is_checkout() -> bool:
+    """True where the image sources can rebuild the images (a development checkout), not on an installed system."""
+    return image_dir() != Path("/usr/share/arkes/image") or os.environ.get("ARKES_IMAGE_DIR") is not None
+
+
 def ensure(ref: str, *, force: bool = False) -> Built:
-    """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale."""
+    """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale.
+
+    On an installed system the images in local storage are the ones the system was installed with (it may have
+    no network to bootstrap from); they are used as they are.
+    """
+    if not is_checkout() and not force:
+        if podman.image_exists(ref):
+            return Built(ref, False)
+        raise ArkesError(
+            f"{ref} is not in this system's container storage",
+            hint="it is copied there by `os install --disk`; `podman load` an exported copy to restore it",
+        )
     if ref == ROOTFS:
         inputs = rootfs_inputs()
         if not force and _current(ROOTFS, inputs):

@@ -27,6 +27,7 @@ PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "runc": "runc",
     "dracut": "dracut",
+    "chattr": "e2fsprogs",
 }
 
 TAIL_LINES = 25
@@ -144,6 +145,25 @@ def stream(
     if returncode != 0:
         raise error(f"{what or args[0]} failed (exit {returncode}):\n{tail(output)}")
     return output
+
+
+def spawn(argv: Sequence[str | os.PathLike[str]], *, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a long-lived program (a VM) in its own session, its output going to log_path."""
+    args = [os.fspath(a) for a in argv]
+    which(args[0])
+    log.debug(f"+ {shlex.join(args)}")
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_env(None), start_new_session=True
+        )
+
+
+def interactive(argv: Sequence[str | os.PathLike[str]]) -> int:
+    """Run a program on this terminal (the VM console) and return its exit status."""
+    args = [os.fspath(a) for a in argv]
+    which(args[0])
+    log.debug(f"+ {shlex.join(args)}")
+    return subprocess.call(args, env=_env(None))
 
 
 def _lower_priority() -> None:

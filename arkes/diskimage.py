@@ -1,0 +1,204 @@
+"""Install to a disk: partition (GPT), format, install the system as `os install` does, boot loader, fstab.
+
+Layout: a BIOS boot partition (GRUB's core image), an EFI system partition, /boot (kernels, initramfs, the menu),
+and the root filesystem (the OSTree sysroot) in the rest. Every partition is reached through its own loop device
+with an offset, so nothing depends on the kernel parsing the partition table or on udev. Loop devices and mounts
+are always released, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import bootloader, deploy, images, log, run
+from arkes.errors import UsageError
+
+SECTOR = 512
+MIB = 1024 * 1024
+DEFAULT_SIZE = "10G"
+
+# (name, size in MiB or None for the rest, GPT type)
+PARTITIONS = (
+    ("bios", 1, "21686148-6449-6E6F-744E-656564454649"),
+    ("esp", 256, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+    ("boot", 1024, "BC13C2FF-59E6-4262-A352-B275FD6F7172"),
+    ("root", None, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+)
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    start: int  # sectors
+    sectors: int
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise UsageError(f"cannot read the size {text!r}", hint="write it like 10G, 8192M or 20000000000")
+    factor = {"": 1, "K": 1024, "M": MIB, "G": 1024**3, "T": 1024**4}[match.group(2).upper()]
+    return int(match.group(1)) * factor
+
+
+def partition_script() -> str:
+    lines = ["label: gpt"]
+    for name, size, guid in PARTITIONS:
+        size_field = f", size={size}MiB" if size else ""
+        lines.append(f"name={name}{size_field}, type={guid}")
+    return "\n".join(lines) + "\n"
+
+
+def read_partitions(disk: Path) -> dict[str, Partition]:
+    table = json.loads(run.run(["sfdisk", "--json", disk], what="sfdisk --json").stdout)["partitiontable"]
+    return {p["name"]: Partition(p["name"], int(p["start"]), int(p["size"])) for p in table["partitions"]}
+
+
+@contextmanager
+def loop_device(disk: Path, part: Partition) -> Iterator[Path]:
+    device = run.run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--offset",
+            str(part.start * SECTOR),
+            "--sizelimit",
+            str(part.sectors * SECTOR),
+            disk,
+        ],
+        what="losetup",
+    ).stdout.strip()
+    try:
+        yield Path(device)
+    finally:
+        run.run(["losetup", "--detach", device], check=False)
+
+
+@contextmanager
+def mounted(device: Path, target: Path, *options: str) -> Iterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    run.run(["mount", *options, device, target], what=f"mount {target}")
+    try:
+        yield target
+    finally:
+        if run.run(["umount", target], check=False).returncode != 0:
+            run.run(["umount", "--lazy", target], check=False)
+
+
+def _fstab(boot_uuid: str, esp_uuid: str) -> str:
+    return (
+        "# Made by `os install --disk`. The root filesystem is mounted by the initramfs (root= on the kernel\n"
+        "# command line); OSTree binds the deployment, /var and /sysroot from it.\n"
+        f"UUID={boot_uuid}  /boot      ext4  defaults            0 2\n"
+        f"UUID={esp_uuid}  /boot/efi  vfat  umask=0077,nofail   0 2\n"
+    )
+
+
+def _set_root_password(etc: Path, password: str | None) -> None:
+    """Set root's password hash in the deployment's /etc/shadow; None leaves root without one (test images)."""
+    if password is None:
+        hashed = ""
+    else:
+        hashed = run.run(["openssl", "passwd", "-6", "-stdin"], input=password.encode(), what="openssl passwd").stdout
+        hashed = hashed.strip()
+    shadow = etc / "shadow"
+    lines = shadow.read_text().splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == "root":
+            fields[1] = hashed
+            lines[i] = ":".join(fields)
+    mode = shadow.stat().st_mode
+    shadow.write_text("\n".join(lines) + "\n")
+    os.chmod(shadow, stat.S_IMODE(mode))
+
+
+def copy_base_image(root: Path) -> None:
+    """Put the base image into the target's container storage, so the installed system rebuilds offline."""
+    storage = root / "ostree/deploy" / "arkes" / "var/lib/containers/storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="arkes-runroot-") as runroot:
+        destination = f"containers-storage:[overlay@{storage}+{runroot}]{images.BASE}"
+        with log.step(f"copy {images.BASE} into the target's container storage"):
+            run.run(["podman", "push", "--quiet", images.BASE, destination], what="podman push")
+
+
+def _is_block_device(path: Path) -> bool:
+    return path.exists() and stat.S_ISBLK(path.stat().st_mode)
+
+
+def install_disk(
+    disk: Path,
+    *,
+    size: str = DEFAULT_SIZE,
+    systemfile: Path | None = None,
+    root_password: str | None,
+    wipe: bool = False,
+) -> deploy.Outcome:
+    """Partition, format and install the system onto a disk image (created sparse) or a block device."""
+    block = _is_block_device(disk)
+    if (block or disk.exists()) and not wipe:
+        what = "block device" if block else "file"
+        raise UsageError(
+            f"{disk} is an existing {what}; installing erases it",
+            hint="give --wipe to erase it, or name a new image file",
+        )
+    created = not disk.exists()
+    try:
+        if not block:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            with open(disk, "wb") as f:
+                f.truncate(parse_size(size))
+        run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
+        return _install_partitions(disk, systemfile, root_password)
+    except BaseException:
+        if created:
+            disk.unlink(missing_ok=True)
+        raise
+
+
+def _install_partitions(disk: Path, systemfile: Path | None, root_password: str | None) -> deploy.Outcome:
+    parts = read_partitions(disk)
+    uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
+    esp_id = uuid.uuid4().hex[:8].upper()
+    esp_uuid = f"{esp_id[:4]}-{esp_id[4:]}"
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="arkes-disk-") as tmp:
+        work = Path(tmp)
+        devices = {name: stack.enter_context(loop_device(disk, parts[name])) for name in ("esp", "boot", "root")}
+        with log.step("format"):
+            run.run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", esp_id, devices["esp"]], what="mkfs.vfat")
+            run.run(["mkfs.ext4", "-q", "-F", "-L", "arkes-boot", "-U", uuids["boot"], devices["boot"]], what="mkfs")
+            run.run(["mkfs.ext4", "-q", "-F", "-L", "arkes-root", "-U", uuids["root"], devices["root"]], what="mkfs")
+        root = stack.enter_context(mounted(devices["root"], work / "root"))
+        boot = stack.enter_context(mounted(devices["boot"], root / "boot"))
+        esp = stack.enter_context(mounted(devices["esp"], boot / "efi"))
+        with log.step("install GRUB for BIOS and UEFI"):
+            core = bootloader.install_files(boot, esp, uuids["boot"], work)
+            bootloader.install_bios(disk, core, parts["bios"].start, parts["bios"].sectors)
+
+        def customize(deployment_dir: Path) -> None:
+            etc = deployment_dir / "etc"
+            (etc / "fstab").write_text(_fstab(uuids["boot"], esp_uuid))
+            _set_root_password(etc, root_password)
+
+        outcome = deploy.install(
+            root,
+            systemfile,
+            [f"root=UUID={uuids['root']}", "rw"],
+            mountpoints=("boot",),
+            customize=customize,
+        )
+        copy_base_image(root)
+        with log.step("sync"):
+            os.sync()
+        return outcome
