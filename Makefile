@@ -1,5 +1,5 @@
-# Arkēs — `make run` builds the default system and shows it; `make test` runs every test layer.
-SYSROOT ?= build/sysroot
+# Arkēs — `make run` installs the default system to a disk image and boots it; `make test` runs every test layer.
+DISK ?= build/arkes.img
 OS := .venv/bin/os
 
 .PHONY: setup images run test lint bench clean
@@ -11,9 +11,8 @@ images: setup
 	$(OS) images
 
 run: images
-	rm -rf $(SYSROOT)
-	$(OS) --sysroot $(SYSROOT) install
-	$(OS) --sysroot $(SYSROOT) status
+	$(OS) install --disk $(DISK) --wipe --no-root-password
+	$(OS) vm $(DISK)
 
 test: images
 	scripts/test

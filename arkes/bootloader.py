@@ -23,7 +23,7 @@ MENU = Path("grub/grub.cfg")
 GRUB_LIB = Path("/usr/lib/grub")
 TIMEOUT = 3
 # Modules built into the first stage: enough to find the boot partition and read the menu from it.
-CORE_MODULES = ("part_gpt", "ext2", "search_fs_uuid", "normal", "configfile", "serial", "terminal")
+CORE_MODULES = ("part_gpt", "ext2", "search", "search_fs_uuid", "normal", "configfile", "serial", "terminal")
 BIOS_MODULES = ("biosdisk", *CORE_MODULES)
 EFI_MODULES = ("fat", *CORE_MODULES)
 
@@ -131,8 +131,11 @@ def _early_config(directory: Path, boot_uuid: str) -> Path:
     return path
 
 
-def install_files(boot: Path, esp: Path, boot_uuid: str, work: Path) -> bytes:
-    """Copy GRUB's modules to /boot/grub, put the EFI binary on the ESP; return the BIOS core image."""
+def install_files(boot: Path, esp_device: Path, boot_uuid: str, work: Path) -> bytes:
+    """Copy GRUB's modules to /boot/grub, put the EFI binary on the ESP; return the BIOS core image.
+
+    The ESP is written with mtools, without mounting it: the installing kernel need not know FAT.
+    """
     for platform in ("i386-pc", "x86_64-efi"):
         source = GRUB_LIB / platform
         if not source.is_dir():
@@ -141,41 +144,19 @@ def install_files(boot: Path, esp: Path, boot_uuid: str, work: Path) -> bytes:
             )
         shutil.copytree(source, boot / "grub" / platform, dirs_exist_ok=True)
     early = _early_config(work, boot_uuid)
-    efi = esp / "EFI/BOOT/BOOTX64.EFI"
-    efi.parent.mkdir(parents=True, exist_ok=True)
+    efi = work / "BOOTX64.EFI"
+    grub_mkimage = ["grub-mkimage", "-c", early, "-p", "/grub"]
     run.run(
-        [
-            "grub-mkimage",
-            "-O",
-            "x86_64-efi",
-            "-d",
-            GRUB_LIB / "x86_64-efi",
-            "-c",
-            early,
-            "-p",
-            "/grub",
-            "-o",
-            efi,
-            *EFI_MODULES,
-        ],
+        [*grub_mkimage, "-O", "x86_64-efi", "-d", GRUB_LIB / "x86_64-efi", "-o", efi, *EFI_MODULES],
         what="grub-mkimage (UEFI)",
     )
+    image = f"{esp_device}"
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    run.run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT"], env=env, what="mmd (ESP)")
+    run.run(["mcopy", "-i", image, efi, "::/EFI/BOOT/BOOTX64.EFI"], env=env, what="mcopy (ESP)")
     core = work / "core.img"
     run.run(
-        [
-            "grub-mkimage",
-            "-O",
-            "i386-pc",
-            "-d",
-            GRUB_LIB / "i386-pc",
-            "-c",
-            early,
-            "-p",
-            "/grub",
-            "-o",
-            core,
-            *BIOS_MODULES,
-        ],
+        [*grub_mkimage, "-O", "i386-pc", "-d", GRUB_LIB / "i386-pc", "-o", core, *BIOS_MODULES],
         what="grub-mkimage (BIOS)",
     )
     return core.read_bytes()

@@ -172,7 +172,8 @@ def _install_partitions(disk: Path, systemfile: Path | None, root_password: str 
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
     esp_id = uuid.uuid4().hex[:8].upper()
     esp_uuid = f"{esp_id[:4]}-{esp_id[4:]}"
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="arkes-disk-") as tmp:
+    # The scratch directory holds the mount points: it must outlive every mount (exit order is reversed).
+    with tempfile.TemporaryDirectory(prefix="arkes-disk-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         devices = {name: stack.enter_context(loop_device(disk, parts[name])) for name in ("esp", "boot", "root")}
         with log.step("format"):
@@ -181,9 +182,9 @@ def _install_partitions(disk: Path, systemfile: Path | None, root_password: str 
             run.run(["mkfs.ext4", "-q", "-F", "-L", "arkes-root", "-U", uuids["root"], devices["root"]], what="mkfs")
         root = stack.enter_context(mounted(devices["root"], work / "root"))
         boot = stack.enter_context(mounted(devices["boot"], root / "boot"))
-        esp = stack.enter_context(mounted(devices["esp"], boot / "efi"))
+        (boot / "efi").mkdir()
         with log.step("install GRUB for BIOS and UEFI"):
-            core = bootloader.install_files(boot, esp, uuids["boot"], work)
+            core = bootloader.install_files(boot, devices["esp"], uuids["boot"], work)
             bootloader.install_bios(disk, core, parts["bios"].start, parts["bios"].sectors)
 
         def customize(deployment_dir: Path) -> None:

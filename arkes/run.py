@@ -28,6 +28,11 @@ PACKAGES = {
     "runc": "runc",
     "dracut": "dracut",
     "chattr": "e2fsprogs",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "grub-mkimage": "grub-common",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
 }
 
 TAIL_LINES = 25

@@ -31,7 +31,14 @@ from arkes.errors import ArkesError
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 CONSOLE_TAIL = 40
-PANIC_MARKERS = ("Kernel panic", "end Kernel panic", "dracut: FATAL", "Emergency shell")
+# Lines after which a boot cannot succeed: a kernel panic, a failed initramfs, GRUB dropped to its shell.
+PANIC_MARKERS = (
+    "Kernel panic",
+    "dracut: FATAL",
+    "Entering emergency mode",
+    "Minimal BASH-like line editing is supported",
+    "grub rescue>",
+)
 # GRUB's help line under the menu (ASCII, whatever the terminal makes of the titles).
 MENU_MARKER = "keys to select"
 DOWN = b"\x1b[B"

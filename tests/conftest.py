@@ -29,12 +29,23 @@ def missing_for_integration() -> list[str]:
     return missing
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if "integration" not in item.keywords:
-        return
+def missing_for_vm() -> list[str]:
     missing = missing_for_integration()
+    for program in ("qemu-system-x86_64", "sfdisk", "losetup", "mkfs.vfat", "grub-mkimage"):
+        if shutil.which(program) is None:
+            missing.append(program)
+    return missing
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "vm" in item.keywords:
+        layer, missing = "vm", missing_for_vm()
+    elif "integration" in item.keywords:
+        layer, missing = "integration", missing_for_integration()
+    else:
+        return
     if missing:
-        reason = "integration tests need " + ", ".join(missing)
+        reason = f"{layer} tests need " + ", ".join(missing)
         if os.environ.get("CI"):
             pytest.fail(f"{reason}: every layer must run in CI")
         pytest.skip(reason)

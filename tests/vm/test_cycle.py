@@ -1,0 +1,132 @@
+"""The seed's update-and-revert cycle, every state checked from inside a booted guest.
+
+install → boot (read-only /usr, writable /etc and /var, one booted deployment) → in the guest: change the
+Systemfile, /etc and /var/home, `os upgrade` → reboot into the new deployment → boot the previous entry from the
+menu and `os revert` → boot again: the reverted system by default. Booted with BIOS, and the last boot with UEFI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import OS
+
+pytestmark = pytest.mark.vm
+
+TIMINGS: dict[str, float] = {}
+
+FACTS = r"""
+fact() { printf '%s=%s\n' "$1" "$2"; }
+if touch /usr/.probe 2>/dev/null; then fact usr writable; else fact usr readonly; fi
+if touch /etc/.probe 2>/dev/null; then fact etc writable; rm -f /etc/.probe; else fact etc readonly; fi
+if touch /var/.probe 2>/dev/null; then fact var writable; rm -f /var/.probe; else fact var readonly; fi
+fact home "$(readlink -f /home)"
+fact marker "$(cat /usr/share/arkes-marker 2>/dev/null || echo absent)"
+fact motd "$(tail -n1 /etc/motd)"
+fact homefile "$(cat /var/home/tester/file 2>/dev/null || echo absent)"
+fact status "$(os status --json | tr -d '\n')"
+"""
+
+CHANGE = r"""
+set -e
+echo 'RUN echo marker > /usr/share/arkes-marker' >> /etc/system/Systemfile
+echo 'changed in the guest' >> /etc/motd
+mkdir -p /var/home/tester && echo kept > /var/home/tester/file
+os upgrade
+os status --json | tr -d '\n'
+"""
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("vm") / "arkes.img"
+    start = time.monotonic()
+    result = subprocess.run(
+        [str(OS), "install", "--disk", str(path), "--no-root-password"], capture_output=True, text=True, check=False
+    )
+    TIMINGS["install"] = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert "root has no password" in result.stderr
+    yield path
+    used = int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
+    print("\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    print(f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
+    path.unlink()
+
+
+def boot(disk: Path, command: str, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    start = time.monotonic()
+    result = subprocess.run(
+        [str(OS), "vm", str(disk), "--timeout", "600", *args, "--exec", command],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    TIMINGS[name] = time.monotonic() - start
+    assert result.returncode == 0, f"os vm failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def facts(disk: Path, name: str, *args: str) -> dict[str, Any]:
+    result = boot(disk, FACTS, name, *args)
+    found: dict[str, Any] = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            found[key] = value
+    found["deployments"] = json.loads(found.pop("status"))["deployments"]
+    return found
+
+
+def booted_index(found: dict[str, Any]) -> int:
+    (index,) = [d["index"] for d in found["deployments"] if d["booted"]]
+    return int(index)
+
+
+def test_a_installed_system_boots(disk: Path) -> None:
+    found = facts(disk, "boot")
+    assert found["usr"] == "readonly"
+    assert found["etc"] == "writable" and found["var"] == "writable"
+    assert found["home"] == "/var/home"
+    assert len(found["deployments"]) == 1 and booted_index(found) == 0
+
+
+def test_b_upgrade_in_the_guest(disk: Path) -> None:
+    result = boot(disk, CHANGE, "upgrade")
+    deployments = json.loads(result.stdout.strip().splitlines()[-1])["deployments"]
+    assert len(deployments) == 2
+    assert deployments[0]["default"] and not deployments[0]["booted"]
+    assert deployments[1]["booted"], "the system the upgrade ran on stays, second in the menu"
+
+
+def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
+    found = facts(disk, "reboot")
+    assert booted_index(found) == 0
+    assert found["marker"] == "marker"
+    assert found["motd"] == "changed in the guest"
+    assert found["homefile"] == "kept"
+
+
+def test_d_previous_entry_then_revert(disk: Path) -> None:
+    result = boot(
+        disk, FACTS + "os revert && echo reverted && os status --json | tr -d '\\n'", "revert", "--boot-entry", "1"
+    )
+    assert "marker=absent" in result.stdout
+    assert "reverted" in result.stdout
+    after = json.loads(result.stdout.strip().splitlines()[-1])["deployments"]
+    assert len(after) == 1 and after[0]["booted"]
+
+
+def test_e_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
+    found = facts(disk, "boot-uefi", "--uefi")
+    assert len(found["deployments"]) == 1 and booted_index(found) == 0
+    assert found["marker"] == "absent"
+    assert found["homefile"] == "kept"
