@@ -145,7 +145,7 @@ def install_files(boot: Path, esp_device: Path, boot_uuid: str, work: Path) -> b
         shutil.copytree(source, boot / "grub" / platform, dirs_exist_ok=True)
     early = _early_config(work, boot_uuid)
     efi = work / "BOOTX64.EFI"
-    grub_mkimage = ["grub-mkimage", "-c", early, "-p", "/grub"]
+    grub_mkimage: list[str | os.PathLike[str]] = ["grub-mkimage", "-c", early, "-p", "/grub"]
     run.run(
         [*grub_mkimage, "-O", "x86_64-efi", "-d", GRUB_LIB / "x86_64-efi", "-o", efi, *EFI_MODULES],
         what="grub-mkimage (UEFI)",
