@@ -78,7 +78,9 @@ def entries(sysroot: Sysroot) -> list[MenuEntry]:
     result = []
     for index, deployment in enumerate(sysroot.deployments()):
         bootconfig = deployment.get_bootconfig()
-        if bootconfig is None:
+        # A staged deployment has no kernel in /boot until OSTree finalizes it at shutdown; the menu is written
+        # again then (arkes-boot-menu.service).
+        if bootconfig is None or deployment.is_staged():
             continue
         commit = sysroot.commit(deployment.get_csum())
         base = str(commit.metadata.get("arkes.base-image", "")) or "unknown base"

@@ -26,6 +26,8 @@ META_SYSTEMFILE_SHA256 = "arkes.systemfile-sha256"
 META_PACKAGES = "arkes.packages"
 META_KARGS = "arkes.kargs"
 META_TOOL_VERSION = "arkes.tool-version"
+META_CONTEXT = "arkes.context"
+META_MACHINE_KARGS = "arkes.machine-kargs"
 META_VERSION = "version"
 
 
@@ -39,6 +41,7 @@ class Plan:
     base_image: str
     base_digests: dict[str, str]
     input_hash: str
+    manifest: tuple[tuple[str, str], ...]
 
     @property
     def base_digest(self) -> str:
@@ -66,16 +69,26 @@ def _context_files(context: Path) -> list[Path]:
     return files
 
 
-def input_hash(sf_text: bytes, context: Path, base_digests: dict[str, str], kargs: Sequence[str]) -> str:
-    digest = hashlib.sha256(f"arkes-inputs 1\ntool {__version__}\n".encode())
-    digest.update(b"systemfile\n" + hashlib.sha256(sf_text).digest())
+def context_manifest(context: Path) -> list[tuple[str, str]]:
+    """Every file of the build context: (relative path, `F mode sha256` or `L target`), sorted."""
+    manifest = []
     for path in _context_files(context):
         relative = path.relative_to(context).as_posix()
         if path.is_symlink():
-            digest.update(f"L {relative} {os.readlink(path)}\n".encode())
+            manifest.append((relative, f"L {os.readlink(path)}"))
         elif path.is_file():
-            digest.update(f"F {relative} {path.stat().st_mode & 0o7777:o}\n".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            manifest.append((relative, f"F {path.stat().st_mode & 0o7777:o} {digest}"))
+    return manifest
+
+
+def input_hash(
+    sf_text: bytes, manifest: Sequence[tuple[str, str]], base_digests: dict[str, str], kargs: Sequence[str]
+) -> str:
+    digest = hashlib.sha256(f"arkes-inputs 2\ntool {__version__}\n".encode())
+    digest.update(b"systemfile\n" + hashlib.sha256(sf_text).digest())
+    for relative, entry in manifest:
+        digest.update(f"{relative}\0{entry}\n".encode())
     for ref in sorted(base_digests):
         digest.update(f"base {ref} {base_digests[ref]}\n".encode())
     digest.update(("kargs " + " ".join(kargs) + "\n").encode())
@@ -97,8 +110,9 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
                 hint=f"build or pull it first (podman images lists what exists); {images.BASE} is built on demand",
             )
         digests[ref] = podman.image_digest(ref)
-    ihash = input_hash(sf.text.encode(), context, digests, kargs)
-    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash)
+    manifest = context_manifest(context)
+    ihash = input_hash(sf.text.encode(), manifest, digests, kargs)
+    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
 
 
 def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
@@ -152,6 +166,8 @@ def build(sysroot: Sysroot, p: Plan) -> Result:
             META_PACKAGES: packages,
             META_KARGS: image_kargs,
             META_TOOL_VERSION: __version__,
+            META_CONTEXT: list(p.manifest),
+            META_MACHINE_KARGS: list(p.kargs),
             "ostree.bootable": True,
         }
         if kernels:

@@ -44,11 +44,13 @@ def target_path(args: argparse.Namespace) -> Path:
     )
 
 
-def open_target(args: argparse.Namespace) -> Sysroot:
+def open_target(args: argparse.Namespace, *, writes: bool = False) -> Sysroot:
+    """The sysroot to act on. `writes`: the command changes deployments, so on a booted system libostree gets a
+    private mount namespace in which it may make /sysroot writable."""
     path = target_path(args)
     if not Sysroot.is_initialized(path):
         raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
-    sysroot: Sysroot = Sysroot.open(path)
+    sysroot: Sysroot = Sysroot.open(path, private_mounts=writes)
     return sysroot
 
 
@@ -133,7 +135,7 @@ def _outcome(args: argparse.Namespace, outcome: deploy.Outcome) -> None:
 
 
 def cli_build(args: argparse.Namespace) -> int:
-    outcome = deploy.upgrade(open_target(args), _systemfile_arg(args), deploy=False)
+    outcome = deploy.upgrade(open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False)
     _outcome(args, outcome)
     if not args.json:
         print(outcome.checksum)
@@ -141,9 +143,113 @@ def cli_build(args: argparse.Namespace) -> int:
 
 
 def cli_upgrade(args: argparse.Namespace) -> int:
-    outcome = deploy.upgrade(open_target(args), _systemfile_arg(args), deploy=True)
+    if args.check:
+        return cli_checkupdates(args)
+    sysroot = open_target(args, writes=True)
+    outcome = deploy.upgrade(sysroot, _systemfile_arg(args), deploy=not args.download_only)
     _outcome(args, outcome)
+    if args.download_only and not outcome.up_to_date:
+        log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
+    if args.reboot and outcome.deployed:
+        if not deploy.is_booted_root(sysroot.path):
+            raise UsageError("--reboot only applies to the booted system")
+        log.info("rebooting into the new deployment")
+        from arkes import run
+
+        run.run(["systemctl", "reboot"], what="systemctl reboot")
     return 0
+
+
+def cli_checkupdates(args: argparse.Namespace) -> int:
+    from arkes import updates
+
+    report = updates.check(open_target(args), packages=not getattr(args, "no_packages", False))
+    if args.json:
+        emit(report.to_json())
+    else:
+        for finding in report.findings:
+            print(finding.line())
+        for error in report.errors:
+            log.logger.error(f"error: {error}")
+        if not report.findings and not report.errors:
+            log.info("no updates")
+    if report.findings:
+        return 0
+    return 1 if report.errors else 2
+
+
+def cli_diff(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from arkes import diff
+
+    sysroot = open_target(args)
+    if args.etc:
+        changes = diff.etc(sysroot, args.a)
+        what = "etc"
+    else:
+        if args.a is None:
+            a, b = diff.default_pair(sysroot)
+        else:
+            a, b = args.a, args.b if args.b is not None else 0
+        if args.files:
+            changes, what = diff.files(sysroot, a, b), "files"
+        else:
+            changes, what = diff.packages(sysroot, a, b), "packages"
+    if args.json:
+        emit({"apiVersion": status.API_VERSION, "kind": what, "changes": [asdict(c) for c in changes]})
+        return 0
+    marks = {"added": "+", "removed": "-", "modified": "M", "changed": "~"}
+    for c in changes:
+        versions = f"  {c.old} -> {c.new}" if what == "packages" and c.kind == "changed" else ""
+        versions = versions or (f"  {c.new or c.old}" if what == "packages" else "")
+        if what == "etc" and c.old:
+            versions = f"  ({c.old} -> {c.new})"
+        print(f"{marks.get(c.kind, '?')} {c.name}{versions}")
+    if not changes:
+        log.info("no differences")
+    return 0
+
+
+def cli_du(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from arkes import du
+
+    usage = du.measure(open_target(args))
+    if args.json:
+        data = asdict(usage)
+        data["apiVersion"] = status.API_VERSION
+        emit(data)
+        return 0
+    print(f"repository            {_size(usage.repo_bytes):>10}  (objects {_size(usage.objects_bytes)})")
+    for d in usage.deployments:
+        print(f"  deployment {d.index:<2}       {_size(d.own):>10} only its own, {_size(d.shared)} shared")
+    print(f"  shared (counted once) {_size(usage.shared_bytes):>8}")
+    print(f"  no deployment's      {_size(usage.other_bytes):>9}  (builds not deployed, leftovers)")
+    print(f"container storage     {_size(usage.podman_bytes):>10}")
+    print(f"os prune would free   {_size(usage.prune_bytes):>10}  + {_size(usage.prune_image_bytes)} of build images")
+    return 0
+
+
+def cli_unlock(args: argparse.Namespace) -> int:
+    deploy.unlock(open_target(args), hotfix=args.hotfix)
+    return 0
+
+
+def cli_boot_menu(args: argparse.Namespace) -> int:
+    deploy.boot_menu(open_target(args))
+    return 0
+
+
+def cli_edit(args: argparse.Namespace) -> int:
+    from arkes import edit
+
+    return edit.edit(open_target(args, writes=True), lambda sysroot: _upgrade(sysroot))
+
+
+def _upgrade(sysroot: Sysroot) -> None:
+    deploy.upgrade(sysroot, None, deploy=True)
 
 
 def cli_status(args: argparse.Namespace) -> int:
@@ -156,12 +262,12 @@ def cli_status(args: argparse.Namespace) -> int:
 
 
 def cli_revert(args: argparse.Namespace) -> int:
-    deploy.revert(open_target(args))
+    deploy.revert(open_target(args, writes=True))
     return 0
 
 
 def cli_rollback(args: argparse.Namespace) -> int:
-    deploy.rollback(open_target(args))
+    deploy.rollback(open_target(args, writes=True))
     return 0
 
 
@@ -175,7 +281,7 @@ def _size(n: int) -> str:
 
 
 def cli_prune(args: argparse.Namespace) -> int:
-    pruned = deploy.prune(open_target(args), args.keep)
+    pruned = deploy.prune(open_target(args, writes=True), args.keep)
     if args.json:
         emit(
             {
@@ -197,7 +303,7 @@ def cli_prune(args: argparse.Namespace) -> int:
 
 
 def cli_pin(args: argparse.Namespace) -> int:
-    deploy.pin(open_target(args), args.index, not args.unpin)
+    deploy.pin(open_target(args, writes=True), args.index, not args.unpin)
     log.info(f"deployment {args.index} {'unpinned' if args.unpin else 'pinned'}")
     return 0
 
@@ -325,6 +431,71 @@ def parser() -> argparse.ArgumentParser:
     )
     systemfile_flag(sub)
     json_flag(sub)
+
+    sub.add_argument("--check", action="store_true", help="only report available updates (as `os checkupdates`)")
+    sub.add_argument(
+        "--download-only", action="store_true", help="build and commit now, deploy nothing; a later upgrade deploys it"
+    )
+    sub.add_argument("--reboot", action="store_true", help="reboot into the new deployment when it is ready")
+
+    sub = verb(
+        "checkupdates",
+        cli_checkupdates,
+        "report what an upgrade would change, changing nothing",
+        "Report, one line each: changes of the Systemfile, its context, the kernel arguments or the tool\n"
+        "since the default deployment was built; a changed base image (local digest, and the registry's\n"
+        "digest for images from a registry); package updates for the deployed image, asked of its own\n"
+        "package manager in a container. Exit 0 when updates are available, 2 when there are none,\n"
+        "1 on error. The result is kept and shown by `os status`.",
+    )
+    json_flag(sub)
+    sub.add_argument("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")
+
+    sub = verb(
+        "diff",
+        cli_diff,
+        "compare two deployments, or show the local changes in /etc",
+        "Compare deployments A and B (indexes of `os status`; default: the booted one against the default,\n"
+        "or on a sysroot 1 against 0): --packages (the default) lists added, removed and changed packages\n"
+        "with both versions; --files the added, removed and modified paths. --etc lists what this machine\n"
+        "changed in /etc (A's, default: the running or default deployment) against the image's /usr/etc.",
+    )
+    sub.add_argument("a", nargs="?", type=int, help="the older deployment's index")
+    sub.add_argument("b", nargs="?", type=int, help="the newer deployment's index")
+    kind = sub.add_mutually_exclusive_group()
+    kind.add_argument("--packages", action="store_true", help="package changes (the default)")
+    kind.add_argument("--files", action="store_true", help="file changes between the two commits")
+    kind.add_argument("--etc", action="store_true", help="local changes in /etc against the image's defaults")
+    json_flag(sub)
+
+    sub = verb("du", cli_du, "show where the disk space goes, and what `os prune` would free")
+    json_flag(sub)
+
+    sub = verb(
+        "unlock",
+        cli_unlock,
+        "make /usr writable until the next reboot (or, with --hotfix, for this deployment)",
+        "Mount a writable overlay on /usr of the running system. It vanishes at the next reboot; with\n"
+        "--hotfix it persists for this deployment only (a new deployment starts clean). Booted systems only.",
+    )
+    sub.add_argument("--hotfix", action="store_true", help="keep the changes across reboots of this deployment")
+
+    verb(
+        "edit",
+        cli_edit,
+        "edit the Systemfile, check it, and offer to upgrade",
+        "Open $EDITOR on /etc/system/Systemfile. After saving, the checks of `os check` run; on errors\n"
+        "they are shown and you may edit again. When the file is valid and changed, `os upgrade` is\n"
+        "offered. Nothing is written if you leave without saving.",
+    )
+
+    verb(
+        "boot-menu",
+        cli_boot_menu,
+        "regenerate the boot menu from the deployments",
+        "Write /boot/grub/grub.cfg again from the deployments (atomically). Every change of the\n"
+        "deployments does this itself; the system also runs it at shutdown after a staged upgrade.",
+    )
 
     sub = verb("status", cli_status, "show the deployments, in boot order")
     json_flag(sub)

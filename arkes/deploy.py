@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, build, images, log, podman, run, tree
+from arkes import bootloader, build, images, log, podman, preflight, run, tree
 from arkes.errors import ArkesError, UsageError
-from arkes.ostree import Sysroot
+from arkes.ostree import BUILD_REF, OSTree, Sysroot
 
 SYSTEM_DIR = "etc/system"
 ORIGIN_INSTALL_KARGS = "install-kargs"
@@ -167,27 +167,57 @@ def resolve_systemfile(sysroot: Sysroot, systemfile: Path | None) -> Path:
     return path
 
 
-def upgrade(sysroot: Sysroot, systemfile: Path | None, *, deploy: bool) -> Outcome:
-    """Build the system's Systemfile; with deploy, make it the new default unless nothing changed."""
+def upgrade(sysroot: Sysroot, systemfile: Path | None, *, deploy: bool, reuse: bool = True) -> Outcome:
+    """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
+
+    With reuse, inputs equal to the default deployment's mean "up to date", and a commit already built from the
+    same inputs (`--download-only`) is deployed without building again.
+    """
     with sysroot.lock():
         sysroot.reload()
         etc = system_etc(sysroot)
         path = resolve_systemfile(sysroot, systemfile)
         p = build.plan(path, machine_kargs(etc / "system"))
         default = sysroot.default()
-        if deploy and default is not None:
+        if reuse and default is not None:
             current = sysroot.commit(default.get_csum())
             if current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
                 log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
                 return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
-        result = build.build(sysroot, p)
+        result = _downloaded(sysroot, p) if reuse else None
+        if result is None:
+            result = build.build(sysroot, p)
+        elif deploy:
+            log.info(f"deploying version {result.version}, built earlier by `os upgrade --download-only`")
+        else:
+            log.info(f"version {result.version} is already built from these inputs")
         if not deploy:
             return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
         # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
         outside = path.parent != (etc / "system").resolve() and path.parent != etc / "system"
-        _deploy(sysroot, result, _install_kargs(sysroot), copy=outside)
+        merge = sysroot.merge_deployment()
+        if merge is not None:
+            with log.step("pre-flight"):
+                preflight.check(sysroot, result.checksum, etc, sysroot.deployment_dir(merge) / "usr/etc")
+        staged = sysroot.booted is not None
+        _deploy(sysroot, result, _install_kargs(sysroot), copy=outside and not staged)
+        if outside and staged:
+            # A staged deployment takes the running /etc at shutdown: the Systemfile goes there.
+            _copy_system_dir(p.context, path, etc.parent)
         log.info(f"deployed version {result.version} ({result.checksum[:12]}); it becomes active on the next boot")
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def _downloaded(sysroot: Sysroot, p: build.Plan) -> build.Result | None:
+    """The commit of an earlier `os upgrade --download-only` (or `os build`) of exactly these inputs, if any."""
+    checksum = sysroot.resolve(BUILD_REF)
+    if checksum is None:
+        return None
+    commit = sysroot.commit(checksum)
+    if commit.metadata.get(build.META_INPUT_HASH) != p.input_hash:
+        return None
+    kargs = tuple(str(k) for k in commit.metadata.get(build.META_KARGS, []))
+    return build.Result(checksum, commit.version, p, kargs)
 
 
 def _index(sysroot: Sysroot, index: int) -> int:
@@ -269,19 +299,19 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             for d in sysroot.deployments()
         }
         stale: list[str] = []
-        image_bytes = 0
         for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
             raw_names = image.get("Names")
             names = [str(n) for n in raw_names] if isinstance(raw_names, list) else []
             tags = [n.rsplit(":", 1)[-1] for n in names if n.startswith(podman.BUILD_REPO + ":")]
             if tags and not any(t in live for t in tags):
                 stale.extend(n for n in names if n.startswith(podman.BUILD_REPO + ":"))
-                size = image.get("Size")
-                image_bytes += int(size) if isinstance(size, int) else 0
+        image_bytes = 0
         if stale:
+            before = podman.storage_bytes()
             with log.step(f"remove {len(stale)} stale build image(s)"):
                 podman.remove_images(stale)
                 podman.prune_dangling()
+            image_bytes = max(before - podman.storage_bytes(), 0)
         return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)
 
 
@@ -290,3 +320,33 @@ def pin(sysroot: Sysroot, index: int, pinned: bool) -> None:
         sysroot.reload()
         deployment = sysroot.deployments()[_index(sysroot, index)]
         sysroot.set_pinned(deployment, pinned)
+
+
+def unlock(sysroot: Sysroot, *, hotfix: bool) -> None:
+    """A writable overlay on /usr of the running system: until reboot, or (hotfix) for this deployment."""
+    booted = sysroot.booted
+    if not is_booted_root(sysroot.path) or booted is None:
+        raise UsageError(
+            f"{sysroot.path} is not the running system; only a booted system can be unlocked",
+            hint="run `os unlock` on the booted Arkēs system (e.g. `os vm IMG --exec 'os unlock'`)",
+        )
+    # The caller opened the sysroot without a private mount namespace: the overlay must be seen by every process.
+    if booted.get_unlocked() != OSTree.DeploymentUnlockedState.NONE:
+        raise UsageError(
+            f"the running deployment is already unlocked ({booted.unlocked_state_to_string(booted.get_unlocked())})"
+        )
+    with sysroot.lock():
+        sysroot.unlock(booted, hotfix)
+    if hotfix:
+        log.info("/usr is writable; changes persist for this deployment (a new deployment starts clean)")
+    else:
+        log.info("/usr is writable until the next reboot")
+
+
+def boot_menu(sysroot: Sysroot) -> None:
+    """Regenerate the boot menu (also run at shutdown, after OSTree finalizes a staged deployment)."""
+    sysroot.reload()
+    if bootloader.write_menu(sysroot):
+        log.info(f"wrote {sysroot.path / 'boot' / bootloader.MENU}")
+    else:
+        log.info("this system has no boot loader menu to write")

@@ -167,7 +167,7 @@ def build_rootfs(inputs: str) -> None:
     debs.mkdir(parents=True, exist_ok=True)
     tarball = cache_dir() / f"rootfs-{inputs[:16]}.tar"
     if not tarball.is_file():
-        for stale in cache_dir().glob("rootfs-*.tar"):
+        for stale in [*cache_dir().glob("rootfs-*.tar"), *cache_dir().glob("rootfs-*.partial")]:
             stale.unlink()
         _bootstrap(tarball, debs)
     with log.step(f"import {ROOTFS}"):

@@ -17,6 +17,8 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
+__all__ = ["BUILD_REF", "STATEROOT", "Commit", "GLib", "Gio", "OSTree", "Sysroot"]
+
 from arkes import log  # noqa: E402
 from arkes.errors import ArkesError, LockedError  # noqa: E402
 
@@ -106,10 +108,12 @@ class Sysroot:
         repo.write_config(config)
 
     @staticmethod
-    def open(path: Path) -> Sysroot:
+    def open(path: Path, *, private_mounts: bool = True) -> Sysroot:
+        """Load a sysroot. On the booted system, changes happen in a private mount namespace unless
+        `private_mounts` is False (for `unlock`, whose /usr overlay must be seen by the whole system)."""
         sysroot = Sysroot(path)
         try:
-            if path == Path("/"):
+            if path == Path("/") and private_mounts:
                 # On a booted system /sysroot is read-only; libostree makes a private mount namespace to write it.
                 sysroot._sysroot.initialize_with_mount_namespace(None)
             sysroot._sysroot.load(None)
@@ -263,6 +267,14 @@ class Sysroot:
         keyfile.set_string("origin", "unconfigured-state", "Arkēs systems are updated with `os upgrade`")
         for key, value in origin.items():
             keyfile.set_string(ORIGIN_GROUP, key, value)
+        if self.booted is not None:
+            # A running system stages: OSTree finishes the deployment at shutdown, merging /etc as it is then,
+            # so edits made after the upgrade still reach the new system.
+            _, deployment = self._sysroot.stage_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
+            if prepare is not None:
+                prepare(self.deployment_dir(deployment))
+            self.reload()
+            return deployment
         _, deployment = self._sysroot.deploy_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
         if prepare is not None:
             prepare(self.deployment_dir(deployment))
@@ -270,6 +282,19 @@ class Sysroot:
         self._sysroot.simple_write_deployment(STATEROOT, deployment, merge, flags, None)
         self.reload()
         return deployment
+
+    @_wrap("unlocking")
+    def unlock(self, deployment: OSTree.Deployment, hotfix: bool) -> None:
+        state = OSTree.DeploymentUnlockedState.HOTFIX if hotfix else OSTree.DeploymentUnlockedState.DEVELOPMENT
+        self._sysroot.deployment_unlock(deployment, state, None)
+        self.reload()
+
+    @_wrap("reading the commit's tree")
+    def commit_file(self, checksum: str, path: str) -> Any:
+        """The Gio.File of `path` inside a commit (an OSTree.RepoFile), or None when absent."""
+        _, root, _ = self.repo.read_commit(checksum, None)
+        node = root.resolve_relative_path(path.lstrip("/"))
+        return node if node.query_exists(None) else None
 
     @_wrap("writing the deployment list")
     def write_deployments(self, deployments: Sequence[OSTree.Deployment]) -> None:

@@ -159,12 +159,62 @@ def mounted_container(ref: str) -> Iterator[Path]:
 
 
 def storage_bytes() -> int:
-    """Bytes used by podman's image store (for `os prune` and `os du`)."""
-    result = run.run(_podman("system", "df", "--format", "json"), check=False)
-    if result.returncode != 0:
+    """Bytes container storage takes on disk (images, layers, build cache), as `du` counts them."""
+    result = run.run(_podman("info", "--format", "{{.Store.GraphRoot}}"), check=False)
+    root = result.stdout.strip()
+    if result.returncode != 0 or not root or not Path(root).is_dir():
         return 0
-    total = 0
-    for row in json.loads(result.stdout or "[]"):
-        size = row.get("RawSize") or row.get("Size") or 0
-        total += int(size) if isinstance(size, int) else 0
-    return total
+    measured = run.run(["du", "-sxB1", root], check=False)
+    fields = measured.stdout.split()
+    return int(fields[0]) if fields and fields[0].isdigit() else 0
+
+
+def layer_dirs(ref: str) -> set[str]:
+    """The directories of every storage layer an image is made of."""
+    image = inspect_image(ref)
+    driver = image.get("GraphDriver")
+    data = driver.get("Data") if isinstance(driver, dict) else None
+    if not isinstance(data, dict):
+        return set()
+    dirs = {str(d) for d in str(data.get("LowerDir", "")).split(":") if d}
+    if data.get("UpperDir"):
+        dirs.add(str(data["UpperDir"]))
+    return {str(Path(d).parent) for d in dirs}
+
+
+def exclusive_bytes(refs: list[str]) -> int:
+    """Bytes that removing `refs` would free: their layers that no other image uses, as `du` counts them."""
+    if not refs:
+        return 0
+    # Tagged images only: a build's cached intermediate images are parents of what they built and go with it.
+    listed = run.run(_podman("images", "--quiet", "--no-trunc"), what="podman images").stdout.split()
+    others = [i.removeprefix("sha256:") for i in listed]
+    targets = {str(inspect_image(r).get("Id")).removeprefix("sha256:") for r in refs}
+    theirs: set[str] = set().union(*(layer_dirs(r) for r in refs))
+    kept: set[str] = set()
+    for image_id in set(others) - targets:
+        kept |= layer_dirs(image_id)
+    exclusive = sorted(theirs - kept)
+    if not exclusive:
+        return 0
+    measured = run.run(["du", "-scxB1", *exclusive], check=False).stdout.splitlines()
+    last = measured[-1].split() if measured else []
+    return int(last[0]) if last and last[0].isdigit() else 0
+
+
+def run_in(image: str, argv: list[str], *, what: str) -> str:
+    """Run a command in a throwaway container of `image`; return its output."""
+    options = ["--rm", "--network=host", "--pull=never"]
+    if detected_isolation() == "chroot":
+        # Hybrid cgroup hosts: crun refuses them, runc needs explicit limits.
+        options = ["--runtime=runc", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", *options]
+    return run.run(_podman("run", *options, image, *argv), what=what).stdout
+
+
+def registry_digest(ref: str) -> str:
+    """The digest a registry serves for `ref`, read without pulling the image."""
+    result = run.run(
+        ["skopeo", "inspect", "--no-tags", "--format", "{{.Digest}}", f"docker://{ref}"],
+        what=f"skopeo inspect {ref}",
+    )
+    return result.stdout.strip()

@@ -33,6 +33,7 @@ PACKAGES = {
     "grub-mkimage": "grub-common",
     "sfdisk": "fdisk",
     "mkfs.vfat": "dosfstools",
+    "skopeo": "skopeo",
 }
 
 TAIL_LINES = 25

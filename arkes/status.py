@@ -6,7 +6,7 @@ import datetime
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from arkes import build
+from arkes import build, updates
 from arkes.ostree import Sysroot
 
 API_VERSION = "arkes/v1"
@@ -35,9 +35,17 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class LastCheck:
+    checked_at: str
+    updates: int
+    errors: int
+
+
+@dataclass(frozen=True)
 class Status:
     sysroot: str
     deployments: tuple[Deployment, ...]
+    last_check: LastCheck | None = None
 
 
 def collect(sysroot: Sysroot) -> Status:
@@ -69,7 +77,13 @@ def collect(sysroot: Sysroot) -> Status:
                 unlocked=d.unlocked_state_to_string(unlocked) if unlocked else "none",
             )
         )
-    return Status(str(sysroot.path), tuple(result))
+    report = updates.last(sysroot)
+    last = None
+    if report is not None:
+        last = LastCheck(
+            str(report.get("checkedAt", "")), len(report.get("updates", [])), len(report.get("errors", []))
+        )
+    return Status(str(sysroot.path), tuple(result), last)
 
 
 def to_json(status: Status) -> dict[str, Any]:
@@ -78,7 +92,10 @@ def to_json(status: Status) -> dict[str, Any]:
         entry = asdict(d)
         entry["kargs"] = list(d.kargs)
         deployments.append(entry)
-    return {"apiVersion": API_VERSION, "sysroot": status.sysroot, "deployments": deployments}
+    data: dict[str, Any] = {"apiVersion": API_VERSION, "sysroot": status.sysroot, "deployments": deployments}
+    if status.last_check is not None:
+        data["lastUpdateCheck"] = asdict(status.last_check)
+    return data
 
 
 def _flags(d: Deployment) -> str:
@@ -111,5 +128,11 @@ def render(status: Status) -> str:
         lines.append(f"     input hash  {d.input_hash or '-'}")
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
+        lines.append("")
+    if status.last_check is not None:
+        c = status.last_check
+        found = f"{c.updates} update(s) available" if c.updates else "no updates"
+        errors = f", {c.errors} error(s)" if c.errors else ""
+        lines.append(f"Last update check: {c.checked_at}: {found}{errors} (`os checkupdates` for details)")
         lines.append("")
     return "\n".join(lines)

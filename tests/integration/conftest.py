@@ -101,8 +101,9 @@ def _remove_sysroots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     """Sysroots are large; remove them after the session. OSTree marks deployment roots immutable, so lift that."""
     yield
     base = tmp_path_factory.getbasetemp()
-    for repo in base.glob("**/ostree/repo"):
-        sysroot = repo.parent.parent
+    # Sysroots sit at <test dir>/sysroot (or one level deeper); a recursive glob would walk their whole trees.
+    sysroots = [p for p in [*base.glob("*/sysroot"), *base.glob("*/*/sysroot")] if (p / "ostree/repo").is_dir()]
+    for sysroot in sysroots:
         for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
             subprocess.run(["chattr", "-i", str(deployment)], check=False)
         shutil.rmtree(sysroot, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""`os diff`: what differs between two deployments (packages, files) and what the machine changed in /etc.
+
+Packages come from the commits' metadata, files from OSTree's own comparison of the two commits, and the /etc
+overlay from comparing a deployment's /etc with the image's defaults in its /usr/etc.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arkes import build, deploy, run
+from arkes.errors import UsageError
+from arkes.ostree import Sysroot
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # added, removed, modified (files) / changed (packages)
+    name: str
+    old: str = ""
+    new: str = ""
+
+
+def default_pair(sysroot: Sysroot) -> tuple[int, int]:
+    """Booted against default on a booted system; otherwise the previous deployment (1) against the newest (0)."""
+    deployments = sysroot.deployments()
+    booted = sysroot.booted
+    if booted is not None:
+        index = next(i for i, d in enumerate(deployments) if d.equal(booted))
+        return index, 0
+    if len(deployments) < 2:
+        raise UsageError("there is only one deployment: name two indexes, or upgrade first")
+    return 1, 0
+
+
+def _deployment(sysroot: Sysroot, index: int) -> Any:
+    deployments = sysroot.deployments()
+    if not 0 <= index < len(deployments):
+        raise UsageError(f"there is no deployment {index} (see `os status`)")
+    return deployments[index]
+
+
+def packages(sysroot: Sysroot, a: int, b: int) -> list[Change]:
+    def listing(index: int) -> dict[str, str]:
+        meta = sysroot.commit(_deployment(sysroot, index).get_csum()).metadata
+        return {str(n): str(v) for n, v in meta.get(build.META_PACKAGES, [])}
+
+    old, new = listing(a), listing(b)
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            changes.append(Change("added", name, "", new[name]))
+        elif name not in new:
+            changes.append(Change("removed", name, old[name], ""))
+        elif old[name] != new[name]:
+            changes.append(Change("changed", name, old[name], new[name]))
+    return changes
+
+
+_KINDS = {"A": "added", "D": "removed", "M": "modified"}
+
+
+def files(sysroot: Sysroot, a: int, b: int) -> list[Change]:
+    old = _deployment(sysroot, a).get_csum()
+    new = _deployment(sysroot, b).get_csum()
+    output = run.run(["ostree", "diff", f"--repo={sysroot.repo_path}", old, new], what="ostree diff").stdout
+    changes = []
+    for line in output.splitlines():
+        kind, _, path = line.partition(" ")
+        if kind in _KINDS:
+            changes.append(Change(_KINDS[kind], path.strip()))
+    return changes
+
+
+def _describe(path: Path) -> str:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return f"link:{os.readlink(path)}"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "file"
+
+
+def etc_overlay(etc: Path, defaults: Path) -> list[Change]:
+    """Files of `etc` added, modified or removed relative to the image's defaults (`usr/etc`)."""
+    changes: list[Change] = []
+
+    def walk(relative: str) -> None:
+        here, there = etc / relative, defaults / relative
+        names = set(os.listdir(here)) if here.is_dir() and not here.is_symlink() else set()
+        default_names = set(os.listdir(there)) if there.is_dir() and not there.is_symlink() else set()
+        for name in sorted(names | default_names):
+            rel = f"{relative}/{name}" if relative else name
+            mine, image = etc / rel, defaults / rel
+            if name not in default_names:
+                changes.append(Change("added", f"/etc/{rel}"))
+            elif name not in names:
+                changes.append(Change("removed", f"/etc/{rel}"))
+            else:
+                a, b = _describe(image), _describe(mine)
+                if a != b:
+                    changes.append(Change("modified", f"/etc/{rel}", a, b))
+                elif a == "dir":
+                    walk(rel)
+                elif a == "file":
+                    same_mode = stat.S_IMODE(mine.lstat().st_mode) == stat.S_IMODE(image.lstat().st_mode)
+                    if not same_mode or not filecmp.cmp(mine, image, shallow=False):
+                        changes.append(Change("modified", f"/etc/{rel}"))
+
+    walk("")
+    return changes
+
+
+def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
+    """The local /etc overlay of a deployment: the running /etc for the booted one."""
+    if index is None:
+        deployment = sysroot.booted or sysroot.default()
+    else:
+        deployment = _deployment(sysroot, index)
+    if deployment is None:
+        raise UsageError("there is no deployment")
+    root = sysroot.deployment_dir(deployment)
+    booted = sysroot.booted
+    live = (
+        Path("/etc")
+        if deploy.is_booted_root(sysroot.path) and booted is not None and booted.equal(deployment)
+        else root / "etc"
+    )
+    return etc_overlay(live, root / "usr/etc")

@@ -1,0 +1,148 @@
+"""`os du`: where the disk went. The repository, each deployment's own and shared bytes, builds, what prune frees.
+
+Sizes are allocated bytes (blocks × 512), as `du` counts them, and every object is counted once however many
+deployments hardlink it: the per-deployment figures plus the shared and unreferenced ones add up to the objects
+directory as `du` measures it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import podman
+from arkes.ostree import BUILD_REF, OSTree, Sysroot
+
+_SUFFIX = {
+    OSTree.ObjectType.FILE: "file",
+    OSTree.ObjectType.DIR_TREE: "dirtree",
+    OSTree.ObjectType.DIR_META: "dirmeta",
+    OSTree.ObjectType.COMMIT: "commit",
+}
+
+
+@dataclass(frozen=True)
+class DeploymentUsage:
+    index: int
+    checksum: str
+    own: int  # objects only this deployment's commit reaches, plus its /etc
+    shared: int  # objects it shares with other deployments (counted once in `shared_bytes`)
+
+
+@dataclass(frozen=True)
+class Usage:
+    repo_bytes: int  # the whole repository directory
+    objects_bytes: int  # repository objects
+    shared_bytes: int  # objects reached by more than one deployment
+    other_bytes: int  # objects no deployment reaches (later builds, unreferenced leftovers)
+    deployments: tuple[DeploymentUsage, ...]
+    etc_bytes: int  # every deployment's own /etc, included in their `own`
+    podman_bytes: int  # container storage used by images
+    prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
+    prune_image_bytes: int
+
+
+def allocated(path: Path) -> int:
+    st = path.lstat()
+    return st.st_blocks * 512
+
+
+def tree_bytes(root: Path, seen: set[tuple[int, int]] | None = None) -> int:
+    """Allocated bytes of a tree, each inode once (as du does)."""
+    seen = set() if seen is None else seen
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += st.st_blocks * 512
+    st = root.lstat()
+    if (st.st_dev, st.st_ino) not in seen:
+        seen.add((st.st_dev, st.st_ino))
+        total += st.st_blocks * 512
+    return total
+
+
+def _reachable(sysroot: Sysroot, checksum: str) -> set[tuple[str, str]]:
+    _, reachable = sysroot.repo.traverse_commit(checksum, 0, None)
+    objects = set()
+    for key in reachable:
+        csum, objtype = key.unpack() if hasattr(key, "unpack") else key
+        objects.add((csum, _SUFFIX.get(OSTree.ObjectType(objtype), "")))
+    return objects
+
+
+def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
+    repo = sysroot.repo_path
+    objects_dir = repo / "objects"
+    sizes: dict[tuple[str, str], int] = {}
+    for prefix in objects_dir.iterdir():
+        if not prefix.is_dir():
+            continue
+        for obj in prefix.iterdir():
+            stem, _, suffix = obj.name.partition(".")
+            sizes[(prefix.name + stem, suffix)] = allocated(obj)
+    directory_blocks = tree_bytes(objects_dir) - sum(sizes.values())
+
+    deployments = sysroot.deployments()
+    commits = [d.get_csum() for d in deployments]
+    reach_of = {c: _reachable(sysroot, c) for c in set(commits)}
+    counts: Counter[tuple[str, str]] = Counter(o for objects in reach_of.values() for o in objects)
+    uses = Counter(commits)
+    etc_seen: set[tuple[int, int]] = set()
+    etc_sizes = [tree_bytes(sysroot.deployment_dir(d) / "etc", etc_seen) for d in deployments]
+    rows = []
+    unique_total = 0
+    for index, commit in enumerate(commits):
+        objects = reach_of[commit]
+        total = sum(sizes.get(o, 0) for o in objects)
+        # Two deployments of one commit share all of it.
+        unique = sum(sizes.get(o, 0) for o in objects if counts[o] == 1) if uses[commit] == 1 else 0
+        unique_total += unique
+        rows.append(DeploymentUsage(index, commit, unique + etc_sizes[index], total - unique))
+    reached = set().union(*reach_of.values())
+    shared_total = sum(sizes.get(o, 0) for o in reached) - unique_total
+    other = sum(size for o, size in sizes.items() if o not in reached) + directory_blocks
+
+    booted = sysroot.booted
+    prunable = [
+        i
+        for i, d in enumerate(deployments[keep:], start=keep)
+        if not d.is_pinned() and not (booted is not None and booted.equal(d))
+    ]
+    kept_objects: set[tuple[str, str]] = set()
+    built = sysroot.resolve(BUILD_REF)
+    if built:
+        kept_objects |= reach_of.get(built) or _reachable(sysroot, built)  # the last build keeps its ref
+    for i, commit in enumerate(commits):
+        if i not in prunable:
+            kept_objects |= reach_of[commit]
+    prune = sum(size for o, size in sizes.items() if o not in kept_objects) + sum(etc_sizes[i] for i in prunable)
+
+    live_hashes = set()
+    for i, d in enumerate(deployments):
+        if i not in prunable:
+            live_hashes.add(str(sysroot.commit(d.get_csum()).metadata.get("arkes.input-hash", ""))[:16])
+    stale = []
+    for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
+        names = image.get("Names")
+        tags = [str(n).rsplit(":", 1)[-1] for n in names] if isinstance(names, list) else []
+        if tags and not any(t in live_hashes for t in tags):
+            stale.append(str(image.get("Id")))
+    prune_images = podman.exclusive_bytes(stale)
+    return Usage(
+        repo_bytes=tree_bytes(repo),
+        objects_bytes=sum(sizes.values()) + directory_blocks,
+        shared_bytes=shared_total,
+        other_bytes=other,
+        deployments=tuple(rows),
+        etc_bytes=sum(etc_sizes),
+        podman_bytes=podman.storage_bytes(),
+        prune_bytes=prune,
+        prune_image_bytes=prune_images,
+    )

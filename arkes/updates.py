@@ -1,0 +1,175 @@
+"""`os checkupdates`: what an upgrade would change, found without changing anything.
+
+Four kinds of findings, one line each: the declared inputs (Systemfile, context files, kernel arguments, the tool)
+differ from those the default deployment was built from; the base image changed (its local digest, and for images
+from a registry the registry's digest, read without pulling); package updates for the deployed image, asked of the
+image's own package manager in a container made from it. The last report is kept for `os status`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from arkes import __version__, build, deploy, podman
+from arkes.errors import ArkesError
+from arkes.ostree import Sysroot
+
+STATE_FILE = "lib/arkes/checkupdates.json"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # systemfile, context, kargs, tool, base-image, registry, package
+    subject: str
+    old: str
+    new: str
+
+    def line(self) -> str:
+        if self.kind == "package":
+            return f"package {self.subject} {self.old} -> {self.new}"
+        if self.kind == "context":
+            return f"context {self.subject}: {self.new}"
+        return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
+
+
+@dataclass(frozen=True)
+class Report:
+    checked_at: str
+    deployment: str
+    findings: tuple[Finding, ...]
+    errors: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "arkes/v1",
+            "checkedAt": self.checked_at,
+            "deployment": self.deployment,
+            "updates": [asdict(f) | {"line": f.line()} for f in self.findings],
+            "errors": list(self.errors),
+        }
+
+
+def state_path(sysroot: Sysroot) -> Path:
+    if deploy.is_booted_root(sysroot.path):
+        return Path("/var") / STATE_FILE
+    return sysroot.path / "ostree/deploy/arkes/var" / STATE_FILE
+
+
+def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]:
+    etc = deploy.system_etc(sysroot)
+    path = etc / "system/Systemfile"
+    findings = []
+    recorded_sf = str(metadata.get(build.META_SYSTEMFILE_SHA256, ""))
+    current_sf = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    if recorded_sf != current_sf:
+        findings.append(Finding("systemfile", str(path), recorded_sf[:12], current_sf[:12] or "missing"))
+    recorded = {str(k): str(v) for k, v in metadata.get(build.META_CONTEXT, [])}
+    current = dict(build.context_manifest(path.parent)) if path.parent.is_dir() else {}
+    for name in sorted(set(recorded) | set(current)):
+        if name in ("Systemfile", "kargs"):
+            continue  # reported as their own kinds
+        if name not in recorded:
+            findings.append(Finding("context", name, "", "added"))
+        elif name not in current:
+            findings.append(Finding("context", name, "", "removed"))
+        elif recorded[name] != current[name]:
+            findings.append(Finding("context", name, "", "modified"))
+    recorded_kargs = " ".join(str(k) for k in metadata.get(build.META_MACHINE_KARGS, []))
+    current_kargs = " ".join(deploy.machine_kargs(etc / "system"))
+    if recorded_kargs != current_kargs:
+        findings.append(Finding("kargs", str(etc / "system/kargs"), recorded_kargs, current_kargs))
+    tool = str(metadata.get(build.META_TOOL_VERSION, ""))
+    if tool != __version__:
+        findings.append(Finding("tool", "os", tool, __version__))
+    return findings
+
+
+def _base_findings(metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+    ref = str(metadata.get(build.META_BASE_IMAGE, ""))
+    recorded = str(metadata.get(build.META_BASE_DIGEST, ""))
+    if not ref:
+        return []
+    findings = []
+    if podman.image_exists(ref):
+        local = podman.image_digest(ref)
+        if local != recorded:
+            findings.append(Finding("base-image", ref, recorded, local))
+    else:
+        errors.append(f"the base image {ref} is not in local container storage")
+    if not ref.startswith("localhost/"):
+        try:
+            remote = podman.registry_digest(ref)
+        except ArkesError as e:
+            errors.append(f"cannot read the registry digest of {ref}: {e.message}")
+        else:
+            if remote != recorded:
+                findings.append(Finding("registry", ref, recorded, remote))
+    return findings
+
+
+def parse_upgradable(text: str) -> list[Finding]:
+    """`apt list --upgradable` lines: `name/suite new-version arch [upgradable from: old-version]`."""
+    findings = []
+    for line in text.splitlines():
+        if "[upgradable from:" not in line:
+            continue
+        head, _, tail = line.partition(" [upgradable from: ")
+        fields = head.split()
+        if len(fields) < 2:
+            continue
+        name = fields[0].split("/", 1)[0]
+        findings.append(Finding("package", name, tail.rstrip("]").strip(), fields[1]))
+    return findings
+
+
+def _package_findings(metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+    image = f"{podman.BUILD_REPO}:{str(metadata.get(build.META_INPUT_HASH, ''))[:16]}"
+    if not podman.image_exists(image):
+        errors.append(f"the image of the default deployment ({image}) is not in container storage")
+        return []
+    script = "apt-get update -qq >/dev/null && apt list --upgradable 2>/dev/null"
+    try:
+        output = podman.run_in(image, ["sh", "-c", script], what="apt in the deployed image")
+    except ArkesError as e:
+        errors.append(e.message)
+        return []
+    return parse_upgradable(output)
+
+
+def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
+    default = sysroot.default()
+    if default is None:
+        raise ArkesError(f"{sysroot.path} has no deployment to check")
+    metadata = sysroot.commit(default.get_csum()).metadata
+    errors: list[str] = []
+    findings = _input_findings(sysroot, metadata)
+    findings += _base_findings(metadata, errors)
+    if packages:
+        findings += _package_findings(metadata, errors)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
+    _record(sysroot, report)
+    return report
+
+
+def _record(sysroot: Sysroot, report: Report) -> None:
+    path = state_path(sysroot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def last(sysroot: Sysroot) -> dict[str, Any] | None:
+    path = state_path(sysroot)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data

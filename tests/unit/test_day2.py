@@ -1,0 +1,59 @@
+"""Pure pieces of the day-2 verbs: apt's upgradable list, the /etc overlay, finding lines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from arkes import diff, updates
+
+APT = """\
+Listing...
+less/stable-security 590-2.1~deb12u2 amd64 [upgradable from: 590-2.1~deb12u1]
+libc6/stable 2.36-9+deb12u10 amd64 [upgradable from: 2.36-9+deb12u9]
+WARNING: apt does not have a stable CLI interface.
+"""
+
+
+def test_parse_upgradable() -> None:
+    findings = updates.parse_upgradable(APT)
+    assert [f.line() for f in findings] == [
+        "package less 590-2.1~deb12u1 -> 590-2.1~deb12u2",
+        "package libc6 2.36-9+deb12u9 -> 2.36-9+deb12u10",
+    ]
+
+
+def test_finding_lines() -> None:
+    assert updates.Finding("context", "nginx.conf", "", "modified").line() == "context nginx.conf: modified"
+    assert updates.Finding("kargs", "/etc/system/kargs", "", "quiet").line() == "kargs /etc/system/kargs: - -> quiet"
+    line = updates.Finding("base-image", "localhost/arkes:base", "sha256:a", "sha256:b").line()
+    assert line == "base-image localhost/arkes:base: sha256:a -> sha256:b"
+
+
+def test_etc_overlay(tmp_path: Path) -> None:
+    defaults, etc = tmp_path / "usr/etc", tmp_path / "etc"
+    for root in (defaults, etc):
+        (root / "ssh").mkdir(parents=True)
+        (root / "same.conf").write_text("same\n")
+        (root / "ssh/sshd_config").write_text("Port 22\n")
+        (root / "link").symlink_to("same.conf")
+    (defaults / "gone.conf").write_text("x\n")
+    (etc / "mine.conf").write_text("mine\n")
+    (etc / "ssh/sshd_config").write_text("Port 2222\n")
+    (etc / "newdir").mkdir()
+    (etc / "newdir/a").write_text("a\n")
+    os.chmod(etc / "same.conf", 0o600)
+    (etc / "link").unlink()
+    (etc / "link").symlink_to("mine.conf")
+    (defaults / "was-file").write_text("f\n")
+    (etc / "was-file").mkdir()
+    changes = {(c.kind, c.name) for c in diff.etc_overlay(etc, defaults)}
+    assert changes == {
+        ("removed", "/etc/gone.conf"),
+        ("added", "/etc/mine.conf"),
+        ("modified", "/etc/ssh/sshd_config"),
+        ("added", "/etc/newdir"),
+        ("modified", "/etc/same.conf"),
+        ("modified", "/etc/link"),
+        ("modified", "/etc/was-file"),
+    }
