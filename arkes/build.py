@@ -17,17 +17,18 @@ from pathlib import Path
 from arkes import __version__, images, lint, log, podman, systemfile, tree
 from arkes.errors import UsageError
 from arkes.ostree import BUILD_REF, Sysroot
+from arkes.ostree import META_BASE_DIGEST as META_BASE_DIGEST
+from arkes.ostree import META_BASE_IMAGE as META_BASE_IMAGE
+from arkes.ostree import META_CONTEXT as META_CONTEXT
 
-# Commit metadata keys (see docs/status.md).
-META_INPUT_HASH = "arkes.input-hash"
-META_BASE_IMAGE = "arkes.base-image"
-META_BASE_DIGEST = "arkes.base-digest"
-META_SYSTEMFILE_SHA256 = "arkes.systemfile-sha256"
-META_PACKAGES = "arkes.packages"
-META_KARGS = "arkes.kargs"
-META_TOOL_VERSION = "arkes.tool-version"
-META_CONTEXT = "arkes.context"
-META_MACHINE_KARGS = "arkes.machine-kargs"
+# Commit metadata keys live with the commit reader (see docs/status.md).
+from arkes.ostree import META_INPUT_HASH as META_INPUT_HASH
+from arkes.ostree import META_KARGS as META_KARGS
+from arkes.ostree import META_MACHINE_KARGS as META_MACHINE_KARGS
+from arkes.ostree import META_PACKAGES as META_PACKAGES
+from arkes.ostree import META_SYSTEMFILE_SHA256 as META_SYSTEMFILE_SHA256
+from arkes.ostree import META_TOOL_VERSION as META_TOOL_VERSION
+
 META_VERSION = "version"
 
 

@@ -7,11 +7,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arkes import __version__, deploy, images, log, status, systemfile
+from arkes import __version__, log, status
 from arkes.errors import UsageError
 from arkes.ostree import Sysroot
+
+if TYPE_CHECKING:
+    from arkes.deploy import Outcome
 
 DESCRIPTION = """\
 Arkēs: the whole system is declared in one Containerfile, the Systemfile (/etc/system/Systemfile).
@@ -62,7 +65,14 @@ def _systemfile_arg(args: argparse.Namespace) -> Path | None:
 
 
 def cli_check(args: argparse.Namespace) -> int:
-    path = Path(args.path) if args.path else deploy.resolve_systemfile(open_target(args), None)
+    from arkes import deploy, systemfile
+
+    if args.path:
+        path = Path(args.path)
+    elif args.sysroot or os.environ.get("ARKES_SYSROOT") or Path("/run/ostree-booted").exists():
+        path = deploy.resolve_systemfile(open_target(args), None)
+    else:
+        path = Path("Systemfile")  # a Systemfile being written in the current directory
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     problems = systemfile.problems(path)
@@ -96,6 +106,8 @@ def _root_password(args: argparse.Namespace) -> str | None:
 
 
 def cli_install(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     if args.disk:
         from arkes import diskimage
 
@@ -121,7 +133,7 @@ def cli_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outcome(args: argparse.Namespace, outcome: deploy.Outcome) -> None:
+def _outcome(args: argparse.Namespace, outcome: Outcome) -> None:
     if args.json:
         emit(
             {
@@ -135,6 +147,8 @@ def _outcome(args: argparse.Namespace, outcome: deploy.Outcome) -> None:
 
 
 def cli_build(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     outcome = deploy.upgrade(open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False)
     _outcome(args, outcome)
     if not args.json:
@@ -143,6 +157,8 @@ def cli_build(args: argparse.Namespace) -> int:
 
 
 def cli_upgrade(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     if args.check:
         return cli_checkupdates(args)
     sysroot = open_target(args, writes=True)
@@ -233,11 +249,15 @@ def cli_du(args: argparse.Namespace) -> int:
 
 
 def cli_unlock(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     deploy.unlock(open_target(args), hotfix=args.hotfix)
     return 0
 
 
 def cli_boot_menu(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     deploy.boot_menu(open_target(args))
     return 0
 
@@ -249,6 +269,8 @@ def cli_edit(args: argparse.Namespace) -> int:
 
 
 def _upgrade(sysroot: Sysroot) -> None:
+    from arkes import deploy
+
     deploy.upgrade(sysroot, None, deploy=True)
 
 
@@ -262,11 +284,15 @@ def cli_status(args: argparse.Namespace) -> int:
 
 
 def cli_revert(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     deploy.revert(open_target(args, writes=True))
     return 0
 
 
 def cli_rollback(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     deploy.rollback(open_target(args, writes=True))
     return 0
 
@@ -281,6 +307,8 @@ def _size(n: int) -> str:
 
 
 def cli_prune(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     pruned = deploy.prune(open_target(args, writes=True), args.keep)
     if args.json:
         emit(
@@ -303,12 +331,16 @@ def cli_prune(args: argparse.Namespace) -> int:
 
 
 def cli_pin(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
     deploy.pin(open_target(args, writes=True), args.index, not args.unpin)
     log.info(f"deployment {args.index} {'unpinned' if args.unpin else 'pinned'}")
     return 0
 
 
 def cli_images(args: argparse.Namespace) -> int:
+    from arkes import images
+
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman
 
@@ -386,7 +418,9 @@ def parser() -> argparse.ArgumentParser:
         "Validate a Systemfile without building it. Every problem is printed as PATH:LINE: message;\n"
         "the exit status is 2 when there is one, 0 when the file is valid.",
     )
-    sub.add_argument("path", nargs="?", help="the Systemfile (default: the system's /etc/system/Systemfile)")
+    sub.add_argument(
+        "path", nargs="?", help="the Systemfile (default: the system's /etc/system/Systemfile, else ./Systemfile)"
+    )
     json_flag(sub)
 
     sub = verb(

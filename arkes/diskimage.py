@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import bootloader, deploy, images, log, run
+from arkes import systemfile as systemfile_module
 from arkes.errors import UsageError
 
 SECTOR = 512
@@ -146,6 +147,8 @@ def install_disk(
     wipe: bool = False,
 ) -> deploy.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
+    # A Systemfile with errors is refused before the disk is touched.
+    systemfile_module.load(systemfile or images.default_systemfile())
     block = _is_block_device(disk)
     if (block or disk.exists()) and not wipe:
         what = "block device" if block else "file"

@@ -27,6 +27,17 @@ STATEROOT = "arkes"
 BUILD_REF = "arkes/build"
 ORIGIN_GROUP = "arkes"
 
+# Commit metadata keys (see docs/status.md).
+META_INPUT_HASH = "arkes.input-hash"
+META_BASE_IMAGE = "arkes.base-image"
+META_BASE_DIGEST = "arkes.base-digest"
+META_SYSTEMFILE_SHA256 = "arkes.systemfile-sha256"
+META_PACKAGES = "arkes.packages"
+META_KARGS = "arkes.kargs"
+META_TOOL_VERSION = "arkes.tool-version"
+META_CONTEXT = "arkes.context"
+META_MACHINE_KARGS = "arkes.machine-kargs"
+
 
 def _check(result: Any, what: str) -> Any:
     """PyGObject returns (ok, value, ...) tuples for gboolean+out functions; unwrap them."""

@@ -6,7 +6,7 @@ import datetime
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from arkes import build, updates
+from arkes import ostree
 from arkes.ostree import Sysroot
 
 API_VERSION = "arkes/v1"
@@ -63,11 +63,11 @@ def collect(sysroot: Sysroot) -> Status:
                 serial=d.get_deployserial(),
                 version=commit.version,
                 timestamp=datetime.datetime.fromtimestamp(commit.timestamp, datetime.UTC).isoformat(),
-                input_hash=str(meta.get(build.META_INPUT_HASH, "")),
-                base_image=str(meta.get(build.META_BASE_IMAGE, "")),
-                base_digest=str(meta.get(build.META_BASE_DIGEST, "")),
-                systemfile_sha256=str(meta.get(build.META_SYSTEMFILE_SHA256, "")),
-                packages=len(meta.get(build.META_PACKAGES, [])),
+                input_hash=str(meta.get(ostree.META_INPUT_HASH, "")),
+                base_image=str(meta.get(ostree.META_BASE_IMAGE, "")),
+                base_digest=str(meta.get(ostree.META_BASE_DIGEST, "")),
+                systemfile_sha256=str(meta.get(ostree.META_SYSTEMFILE_SHA256, "")),
+                packages=len(meta.get(ostree.META_PACKAGES, [])),
                 kargs=tuple(sysroot.kargs(d)),
                 booted=booted is not None and booted.equal(d),
                 default=index == 0,
@@ -77,6 +77,8 @@ def collect(sysroot: Sysroot) -> Status:
                 unlocked=d.unlocked_state_to_string(unlocked) if unlocked else "none",
             )
         )
+    from arkes import updates  # only here: it brings the whole build pipeline with it
+
     report = updates.last(sysroot)
     last = None
     if report is not None:

@@ -364,7 +364,9 @@ class Guest:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def poweroff(self, timeout: float = 120) -> None:
+    def poweroff(self, timeout: float = 600) -> None:
+        # Generous: at shutdown OSTree may finalize a staged deployment, which takes minutes under TCG.
+
         assert self.process is not None
         if self.process.poll() is not None:
             return

@@ -59,6 +59,15 @@ class System:
         result = subprocess.run(["ostree", "fsck", f"--repo={self.repo}"], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
 
+    @property
+    def systemfile(self) -> Path:
+        return self.etc() / "system/Systemfile"
+
+    def add_line(self, line: str) -> None:
+        """Declare one more instruction, before the Systemfile's final `RUN post_build`."""
+        text = self.systemfile.read_text()
+        self.systemfile.write_text(text.replace("RUN post_build", f"{line}\nRUN post_build"))
+
     def snapshot(self) -> tuple[list[tuple[str, int]], list[str]]:
         """What must not change when a command fails: the deployments in order, and the refs."""
         return [(d["checksum"], d["serial"]) for d in self.status()], self.refs()
@@ -71,6 +80,14 @@ def write_systemfile(directory: Path, body: str, **files: str) -> Path:
     for name, content in files.items():
         (directory / name).write_text(content)
     return path
+
+
+def installed(factory: pytest.TempPathFactory, name: str, body: str, **files: str) -> System:
+    """A new sysroot with the system of a Systemfile (and context files) installed, as `os install` does it."""
+    root = factory.mktemp(name)
+    system = System(root / "sysroot")
+    system.os("install", "--systemfile", str(write_systemfile(root / "source", body, **files)))
+    return system
 
 
 def tree_containers() -> list[str]:

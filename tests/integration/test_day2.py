@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import OS, System, write_systemfile
+from tests.integration.conftest import OS, System, installed
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +26,7 @@ SYSTEMFILE = """
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("day2")
-    system = System(root / "sysroot")
-    system.os("install", "--systemfile", str(write_systemfile(root / "source", SYSTEMFILE)))
-    yield system
+    yield installed(tmp_path_factory, "day2", SYSTEMFILE)
 
 
 def checkupdates(system: System, *args: str) -> tuple[int, list[str], dict[str, object]]:
@@ -37,15 +34,6 @@ def checkupdates(system: System, *args: str) -> tuple[int, list[str], dict[str, 
     data = system.os("checkupdates", "--json", *args, check=False)
     assert lines.returncode == data.returncode, lines.stderr + data.stderr
     return lines.returncode, lines.stdout.splitlines(), json.loads(data.stdout)
-
-
-def systemfile(system: System) -> Path:
-    return system.etc() / "system/Systemfile"
-
-
-def add_line(system: System, line: str) -> None:
-    path = systemfile(system)
-    path.write_text(path.read_text().replace("RUN post_build", f"{line}\nRUN post_build"))
 
 
 def test_checkupdates_finds_the_outdated_package(system: System) -> None:
@@ -65,8 +53,8 @@ def test_checkupdates_without_packages_finds_nothing(system: System) -> None:
 
 def test_checkupdates_reports_each_declared_input(system: System) -> None:
     system_dir = system.etc() / "system"
-    original = systemfile(system).read_text()
-    add_line(system, "RUN true")
+    original = system.systemfile.read_text()
+    system.add_line("RUN true")
     (system_dir / "extra.conf").write_text("x\n")
     (system_dir / "kargs").write_text("# test\narkes.test=1\n")
     try:
@@ -77,7 +65,7 @@ def test_checkupdates_reports_each_declared_input(system: System) -> None:
         assert "context extra.conf: added" in lines
         assert any(line.startswith("kargs ") and line.endswith("-> arkes.test=1") for line in lines)
     finally:
-        systemfile(system).write_text(original)
+        system.systemfile.write_text(original)
         (system_dir / "extra.conf").unlink()
         (system_dir / "kargs").unlink()
     assert checkupdates(system, "--no-packages")[0] == 2
@@ -90,7 +78,7 @@ def test_checkupdates_error_exit(tmp_path: Path) -> None:
 
 
 def test_download_only_then_upgrade_without_building(system: System) -> None:
-    add_line(system, "RUN echo downloaded > /usr/share/arkes-downloaded")
+    system.add_line("RUN echo downloaded > /usr/share/arkes-downloaded")
     before = system.snapshot()[0]
     first = system.os("upgrade", "--download-only")
     assert "deploys it without building" in first.stderr
@@ -101,8 +89,8 @@ def test_download_only_then_upgrade_without_building(system: System) -> None:
 
 
 def test_diff_packages_and_files(system: System) -> None:
-    add_line(system, "RUN sed -i '/^Package: less$/,/^$/ s/^Version: .*/Version: 2.0-new/' /var/lib/dpkg/status")
-    add_line(system, "RUN echo added > /usr/share/arkes-added")
+    system.add_line("RUN sed -i '/^Package: less$/,/^$/ s/^Version: .*/Version: 2.0-new/' /var/lib/dpkg/status")
+    system.add_line("RUN echo added > /usr/share/arkes-added")
     system.os("upgrade")
     packages = system.os("diff").stdout.splitlines()
     assert "~ less  1.0-old -> 2.0-new" in packages
@@ -149,7 +137,7 @@ def test_kargs_reach_the_boot_entry(system: System) -> None:
 
 def test_preflight_refuses_an_etc_conflict(system: System) -> None:
     (system.etc() / "arkes-conflict").write_text("a file here\n")
-    add_line(system, "RUN mkdir /etc/arkes-conflict")
+    system.add_line("RUN mkdir /etc/arkes-conflict")
     before = system.snapshot()[0]
     result = system.os("upgrade", check=False)
     assert result.returncode == 1
@@ -161,7 +149,7 @@ def test_preflight_refuses_an_etc_conflict(system: System) -> None:
 def test_preflight_refuses_a_full_boot(system: System, tmp_path: Path) -> None:
     # A new initramfs (a dracut setting changed) needs room on /boot. /boot becomes a small filesystem holding
     # what it holds now and 4 MiB more.
-    add_line(system, "RUN echo 'i18n_install_all=\"no\"' > /etc/dracut.conf.d/90-test.conf")
+    system.add_line("RUN echo 'i18n_install_all=\"no\"' > /etc/dracut.conf.d/90-test.conf")
     boot, saved = system.path / "boot", tmp_path / "boot"
     subprocess.run(["cp", "-a", str(boot), str(saved)], check=True)
     used = int(subprocess.run(["du", "-sB1", str(saved)], capture_output=True, text=True, check=True).stdout.split()[0])
@@ -188,7 +176,7 @@ def test_edit_checks_and_saves(system: System, tmp_path: Path) -> None:
         f"#!{sys.executable}\nimport sys\nopen(sys.argv[1], 'a').write(open('{tmp_path}/append').read())\n"
     )
     editor.chmod(0o755)
-    path = systemfile(system)
+    path = system.systemfile
     env = {**os.environ, "EDITOR": str(editor)}
 
     def edit(append: str, answers: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import OS, System, tree_containers, write_systemfile
+from tests.integration.conftest import OS, System, installed, tree_containers, write_systemfile
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,7 @@ GOOD = """
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("failures")
-    system = System(root / "sysroot")
-    system.os("install", "--systemfile", str(write_systemfile(root / "good", GOOD)))
-    yield system
+    yield installed(tmp_path_factory, "failures", GOOD)
 
 
 def attempt(system: System, tmp_path: Path, body: str, **files: str) -> subprocess.CompletedProcess[str]:
@@ -103,9 +100,9 @@ def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
 @pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
 def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, tmp_path: Path, moment: str) -> None:
     before = system.snapshot()
-    systemfile = system.etc() / "system/Systemfile"
+    systemfile = system.systemfile
     original = systemfile.read_text()
-    systemfile.write_text(original.replace("RUN post_build", f"RUN echo killed-at-{moment}\nRUN post_build"))
+    system.add_line(f"RUN echo killed-at-{moment}")
     proc = subprocess.Popen(
         [str(OS), "--sysroot", str(system.path), "upgrade"],
         stderr=subprocess.PIPE,
@@ -136,8 +133,7 @@ def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, tmp_
 
 
 def test_upgrade_works_after_kills(system: System) -> None:
-    systemfile = system.etc() / "system/Systemfile"
-    systemfile.write_text(systemfile.read_text().replace("RUN post_build", "RUN echo after-kill\nRUN post_build"))
+    system.add_line("RUN echo after-kill")
     system.os("upgrade")
     assert len(system.status()) == 2
     assert tree_containers() == []
@@ -169,3 +165,47 @@ def test_no_target_is_refused_with_a_hint() -> None:
     assert result.returncode == 2
     assert "not a booted Arkēs system" in result.stderr
     assert "hint: " in result.stderr and "--sysroot" in result.stderr
+
+
+def test_ctrl_c_during_commit_leaves_nothing(system: System) -> None:
+    before = system.snapshot()
+    original = system.systemfile.read_text()
+    system.add_line("RUN echo interrupted")
+    proc = subprocess.Popen(
+        [str(OS), "--sysroot", str(system.path), "upgrade"],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("commit"):
+            time.sleep(2)
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    system.systemfile.write_text(original)
+    assert system.snapshot() == before
+    system.fsck()
+    assert "up to date" in system.os("upgrade").stderr, "no lock is left behind"
+
+
+def test_failed_disk_install_releases_everything(tmp_path: Path, base_image: str) -> None:
+    disk = tmp_path / "disk.img"
+    # The RUN fails once the disk is partitioned, formatted and mounted: all of it must be undone.
+    bad = write_systemfile(tmp_path / "bad", "FROM localhost/arkes:base\nRUN echo disk-install-breaks && false\n")
+    loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+    result = subprocess.run(
+        [str(OS), "install", "--disk", str(disk), "--systemfile", str(bad), "--no-root-password"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1 and "disk-install-breaks" in result.stderr
+    assert not disk.exists(), "the image made for a failed install is removed"
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout == loops_before
+    mounts = Path("/proc/mounts").read_text()
+    assert "arkes-disk-" not in mounts

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, write_systemfile
+from tests.integration.conftest import System, installed
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +25,7 @@ V1 = """
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
-    root = tmp_path_factory.mktemp("lifecycle")
-    source = write_systemfile(root / "source", V1, **{"hello.txt": "hello from the context\n"})
-    system = System(root / "sysroot")
-    system.os("install", "--systemfile", str(source))
-    yield system
+    yield installed(tmp_path_factory, "lifecycle", V1, **{"hello.txt": "hello from the context\n"})
 
 
 def today() -> str:
@@ -115,9 +111,7 @@ def test_second_upgrade_is_a_noop(system: System) -> None:
 
 def test_build_commits_without_deploying(system: System) -> None:
     before = system.snapshot()
-    (system.etc() / "system/Systemfile").write_text(
-        (system.etc() / "system/Systemfile").read_text().replace("RUN post_build", "RUN true\nRUN post_build")
-    )
+    system.add_line("RUN true")
     result = system.os("build")
     checksum = result.stdout.strip()
     assert len(checksum) == 64
@@ -148,11 +142,8 @@ def test_revert_removes_the_newest(system: System) -> None:
 
 
 def test_prune_keeps_newest_and_pinned(system: System) -> None:
-    etc = system.etc()
-    systemfile = etc / "system/Systemfile"
     for n in (1, 2):
-        systemfile = system.etc() / "system/Systemfile"
-        systemfile.write_text(systemfile.read_text().replace("RUN post_build", f"RUN echo {n}\nRUN post_build"))
+        system.add_line(f"RUN echo {n}")
         system.os("upgrade")
     deployments = system.status()
     assert len(deployments) == 3

@@ -118,3 +118,21 @@ def test_qemu_argv_uefi_kvm_interactive(tmp_path: Path) -> None:
     assert "-accel kvm -cpu host" in joined
     assert f"file={vm.OVMF_CODE}" in joined and "OVMF_VARS.fd" in joined
     assert "-serial mon:stdio" in joined and "-m 1024" in joined and "-smp 1" in joined
+
+
+def test_root_password_is_hashed_into_shadow(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:*:19000:0:99999:7:::\nuser:!:19000:0:99999:7:::\n")
+    shadow.chmod(0o640)
+    diskimage._set_root_password(tmp_path, "s3cret")
+    root, user = shadow.read_text().splitlines()
+    fields = root.split(":")
+    assert fields[1].startswith("$6$") and len(fields[1]) > 50
+    assert fields[2:] == ["19000", "0", "99999", "7", "", "", ""]
+    assert user == "user:!:19000:0:99999:7:::"
+    assert shadow.stat().st_mode & 0o777 == 0o640
+    import crypt
+
+    assert crypt.crypt("s3cret", fields[1]) == fields[1]
+    diskimage._set_root_password(tmp_path, None)
+    assert shadow.read_text().splitlines()[0] == "root::19000:0:99999:7:::"

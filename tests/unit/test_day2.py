@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from arkes import diff, updates
 
 APT = """\
@@ -57,3 +59,22 @@ def test_etc_overlay(tmp_path: Path) -> None:
         ("modified", "/etc/link"),
         ("modified", "/etc/was-file"),
     }
+
+
+def test_base_image_findings_local_and_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digest comparison only: Podman and the registry are replaced by their answers."""
+    from arkes import podman
+
+    monkeypatch.setattr(podman, "image_exists", lambda ref: True)
+    monkeypatch.setattr(podman, "image_digest", lambda ref: "sha256:local")
+    monkeypatch.setattr(podman, "registry_digest", lambda ref: "sha256:remote")
+    errors: list[str] = []
+    meta = {"arkes.base-image": "quay.io/example/base:1", "arkes.base-digest": "sha256:recorded"}
+    findings = updates._base_findings(meta, errors)
+    assert [f.line() for f in findings] == [
+        "base-image quay.io/example/base:1: sha256:recorded -> sha256:local",
+        "registry quay.io/example/base:1: sha256:recorded -> sha256:remote",
+    ]
+    assert errors == []
+    local = {"arkes.base-image": "localhost/arkes:base", "arkes.base-digest": "sha256:local"}
+    assert updates._base_findings(local, errors) == [], "a local image has no registry to ask"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import OS
+from tests.vm.conftest import guest, install_disk, last_json
 
 pytestmark = pytest.mark.vm
 
@@ -48,11 +48,8 @@ os status --json | tr -d '\n'
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("vm") / "arkes.img"
     start = time.monotonic()
-    result = subprocess.run(
-        [str(OS), "install", "--disk", str(path), "--no-root-password"], capture_output=True, text=True, check=False
-    )
+    result = install_disk(path)
     TIMINGS["install"] = time.monotonic() - start
-    assert result.returncode == 0, result.stderr
     assert "root has no password" in result.stderr
     yield path
     used = int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
@@ -63,15 +60,8 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def boot(disk: Path, command: str, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     start = time.monotonic()
-    result = subprocess.run(
-        [str(OS), "vm", str(disk), "--timeout", "600", *args, "--exec", command],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    result = guest(disk, command, *args)
     TIMINGS[name] = time.monotonic() - start
-    assert result.returncode == 0, f"os vm failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result
 
 
@@ -100,8 +90,7 @@ def test_a_installed_system_boots(disk: Path) -> None:
 
 
 def test_b_upgrade_in_the_guest(disk: Path) -> None:
-    result = boot(disk, CHANGE, "upgrade")
-    deployments = json.loads(result.stdout.strip().splitlines()[-1])["deployments"]
+    deployments = last_json(boot(disk, CHANGE, "upgrade"))["deployments"]
     assert len(deployments) == 2
     assert deployments[0]["default"] and not deployments[0]["booted"]
     assert deployments[1]["booted"], "the system the upgrade ran on stays, second in the menu"
@@ -121,7 +110,7 @@ def test_d_previous_entry_then_revert(disk: Path) -> None:
     )
     assert "marker=absent" in result.stdout
     assert "reverted" in result.stdout
-    after = json.loads(result.stdout.strip().splitlines()[-1])["deployments"]
+    after = last_json(result)["deployments"]
     assert len(after) == 1 and after[0]["booted"]
 
 

@@ -3,15 +3,14 @@ hotfix, and a staged upgrade whose /etc edit made after staging survives the reb
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.conftest import OS
+from tests.vm.conftest import guest, install_disk, last_json
 
 pytestmark = pytest.mark.vm
 
@@ -19,29 +18,9 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("vm-day2") / "arkes.img"
-    result = subprocess.run(
-        [str(OS), "install", "--disk", str(path), "--no-root-password"], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    install_disk(path)
     yield path
     path.unlink()
-
-
-def guest(disk: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(OS), "vm", str(disk), "--timeout", "600", *args, "--exec", script],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert result.returncode == 0, f"os vm failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return data
 
 
 def test_timer_diff_etc_and_development_unlock(disk: Path) -> None:
@@ -93,3 +72,20 @@ def test_staged_upgrade_keeps_an_etc_edit_made_after_staging(disk: Path) -> None
     assert lines[2] == "2", "the boot menu lists both deployments after finalization"
     deployments = last_json(after)["deployments"]
     assert deployments[0]["booted"] and not deployments[0]["staged"]
+
+
+def test_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * (16 * 1024 * 1024))
+    result = subprocess.run(
+        [str(OS), "vm", str(blank), "--timeout", "20", "--exec", "true"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "did not reach multi-user within 20s" in result.stderr
+    assert "the last console lines" in result.stderr and "Boot" in result.stderr
+    leftover = subprocess.run(["pgrep", "-f", f"file={blank}"], capture_output=True, text=True, check=False)
+    assert leftover.stdout == "", "no QEMU process is left behind"

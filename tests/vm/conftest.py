@@ -1,0 +1,37 @@
+"""Helpers for vm tests: disks made by `os install --disk`, commands run in them by `os vm --exec`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import OS
+
+
+def install_disk(path: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(OS), "install", "--disk", str(path), "--no-root-password"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def guest(disk: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Boot the disk, run `script` as root in the guest, power off; the command must succeed."""
+    result = subprocess.run(
+        [str(OS), "vm", str(disk), "--timeout", "600", *args, "--exec", script],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert result.returncode == 0, f"os vm failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON document a guest script printed on its last line."""
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
