@@ -152,11 +152,33 @@ def _move_etc(root: Path) -> None:
         path = etc / name
         if path.is_file() and not path.is_symlink():
             path.write_text("")
+    _runtime_files(root, etc)
+    shutil.move(os.fspath(etc), os.fspath(usr_etc))
+
+
+# Where a Systemfile declares the hostname: /etc/hostname itself belongs to the container runtime during a build
+# (it is mounted over for every RUN), so whatever an image holds there is the build host's, not the system's.
+DECLARED_HOSTNAME = "usr/lib/arkes/hostname"
+RESOLVED_STUB = "../run/systemd/resolve/stub-resolv.conf"
+
+
+def _runtime_files(root: Path, etc: Path) -> None:
+    """Replace what container builds leave in /etc/hostname, /etc/hosts and /etc/resolv.conf with the system's."""
+    declared = root / DECLARED_HOSTNAME
+    hostname = declared.read_text().strip() if declared.is_file() else ""
     for name in ("hostname", "hosts", "resolv.conf"):
         path = etc / name
-        if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
-            path.unlink()  # empty placeholders the container runtime leaves behind
-    shutil.move(os.fspath(etc), os.fspath(usr_etc))
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    if hostname:
+        (etc / "hostname").write_text(hostname + "\n")
+    names = f"localhost {hostname}" if hostname else "localhost"
+    (etc / "hosts").write_text(
+        f"127.0.0.1\t{names}\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n"
+        "ff02::2\t\tip6-allrouters\n"
+    )
+    if (root / "usr/lib/systemd/systemd-resolved").exists():
+        (etc / "resolv.conf").symlink_to(RESOLVED_STUB)
 
 
 def _move_package_database(root: Path, src: str, dst: str) -> None:

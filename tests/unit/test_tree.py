@@ -81,7 +81,24 @@ def test_etc_moves_to_usr_etc(image: Path) -> None:
     assert not (image / "etc").exists()
     assert (image / "usr/etc/system/Systemfile").read_text() == "FROM x\n"
     assert (image / "usr/etc/machine-id").read_text() == ""
+
+
+def test_runtime_files_become_the_systems(tmp_path: Path) -> None:
+    root = make_image(tmp_path / "root")
+    (root / "etc/hostname").write_text("build-host\n")
+    (root / "etc/resolv.conf").write_text("nameserver 192.0.2.1\n")
+    (root / "usr/lib/arkes/hostname").write_text("web1\n")
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/systemd-resolved").write_bytes(b"")
+    tree.rewrite(root)
+    assert (root / "usr/etc/hostname").read_text() == "web1\n"
+    assert "127.0.0.1\tlocalhost web1" in (root / "usr/etc/hosts").read_text()
+    assert os.readlink(root / "usr/etc/resolv.conf") == tree.RESOLVED_STUB
+
+
+def test_build_hosts_name_is_not_kept(image: Path) -> None:
     assert not (image / "usr/etc/hostname").exists()
+    assert not (image / "usr/etc/resolv.conf").exists(), "no resolver: the build host's is never shipped"
 
 
 def test_kernel_and_initramfs_move_beside_modules(image: Path) -> None:

@@ -28,6 +28,7 @@ if touch /usr/.probe 2>/dev/null; then fact usr writable; else fact usr readonly
 if touch /etc/.probe 2>/dev/null; then fact etc writable; rm -f /etc/.probe; else fact etc readonly; fi
 if touch /var/.probe 2>/dev/null; then fact var writable; rm -f /var/.probe; else fact var readonly; fi
 fact home "$(readlink -f /home)"
+fact hostname "$(hostname)"
 fact marker "$(cat /usr/share/arkes-marker 2>/dev/null || echo absent)"
 fact motd "$(tail -n1 /etc/motd)"
 fact homefile "$(cat /var/home/tester/file 2>/dev/null || echo absent)"
@@ -86,6 +87,7 @@ def test_a_installed_system_boots(disk: Path) -> None:
     assert found["usr"] == "readonly"
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
+    assert found["hostname"] == "arkes", "the hostname the Systemfile declares"
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
 
 
