@@ -6,6 +6,7 @@ Everything here reads OSTree's own data structures; nothing parses `ostree admin
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,18 +244,26 @@ class Sysroot:
             return OSTree.RepoCommitFilterResult.ALLOW
 
         modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter, None)
+        # Ctrl-C must not raise inside the filter callback (PyGObject would print and swallow it): it cancels the
+        # walk instead, and the interruption is raised once libostree has returned.
+        cancellable = Gio.Cancellable()
+        previous = signal.signal(signal.SIGINT, lambda *_: cancellable.cancel())
         repo.prepare_transaction(None)
         try:
             mtree = OSTree.MutableTree.new()
-            repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(tree)), mtree, modifier, None)
-            _, root = repo.write_mtree(mtree, None)
+            repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(tree)), mtree, modifier, cancellable)
+            _, root = repo.write_mtree(mtree, cancellable)
             variant = GLib.Variant("a{sv}", {k: _variant(v) for k, v in metadata.items()})
-            _, checksum = repo.write_commit(None, subject, None, variant, root, None)
+            _, checksum = repo.write_commit(None, subject, None, variant, root, cancellable)
             repo.transaction_set_ref(None, ref, checksum)
-            repo.commit_transaction(None)
-        except BaseException:
+            repo.commit_transaction(cancellable)
+        except BaseException as e:
             repo.abort_transaction(None)
+            if cancellable.is_cancelled():
+                raise KeyboardInterrupt from e
             raise
+        finally:
+            signal.signal(signal.SIGINT, previous)
         return str(checksum)
 
     # --- changing deployments ----------------------------------------------------------------------------
