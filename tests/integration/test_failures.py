@@ -97,12 +97,8 @@ def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
     assert "up to date" in system.os("upgrade").stderr, "the lock is free again once its holder is gone"
 
 
-@pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
-def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, tmp_path: Path, moment: str) -> None:
-    before = system.snapshot()
-    systemfile = system.systemfile
-    original = systemfile.read_text()
-    system.add_line(f"RUN echo killed-at-{moment}")
+def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
+    """Start `os upgrade` in its own process group and return once it has started `step`."""
     proc = subprocess.Popen(
         [str(OS), "--sysroot", str(system.path), "upgrade"],
         stderr=subprocess.PIPE,
@@ -113,20 +109,28 @@ def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, tmp_
     assert proc.stderr is not None
     seen = []
     deadline = time.monotonic() + 600
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith(f"{moment}...") or line.startswith(f"{moment}: "):
-                if moment == "commit":
-                    time.sleep(2)  # well inside the commit, which writes for several seconds
-                break
-            assert time.monotonic() < deadline, "the upgrade never reached the step"
-        else:
-            pytest.fail(f"the upgrade ended before {moment}:\n{''.join(seen)}")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    systemfile.write_text(original)
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith((f"{step}...", f"{step}: ")):
+            if step == "commit":
+                time.sleep(2)  # well inside the commit, which writes for several seconds
+            return proc
+        if time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail(f"the upgrade never reached {step}:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
+def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, moment: str) -> None:
+    before = system.snapshot()
+    original = system.systemfile.read_text()
+    system.add_line(f"RUN echo killed-at-{moment}")
+    proc = upgrade_reaching(system, moment)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    system.systemfile.write_text(original)
 
     assert system.snapshot() == before, "the previous deployment is intact and default"
     system.fsck()
@@ -171,19 +175,9 @@ def test_ctrl_c_during_commit_leaves_nothing(system: System) -> None:
     before = system.snapshot()
     original = system.systemfile.read_text()
     system.add_line("RUN echo interrupted")
-    proc = subprocess.Popen(
-        [str(OS), "--sysroot", str(system.path), "upgrade"],
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("commit"):
-            time.sleep(2)
-            break
+    proc = upgrade_reaching(system, "commit")
     os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stderr is not None
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, rest
     assert "interrupted" in rest and "Traceback" not in rest
