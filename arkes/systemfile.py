@@ -1,33 +1,33 @@
 """Parse and validate a Systemfile (a Containerfile), reporting every problem as `PATH:LINE: message`.
 
-Parsing is buildkit's own Go parser (the `dockerfile` package), so what we accept is what `podman build` and
-`docker build` accept. That parser stops at the first error and its errors carry no line number, so `_parse`
-finds the line itself, blanks the offending instruction and parses again until the rest is clean. The checks
-after parsing catch what the parser lets through but a build would reject or silently get wrong.
+The grammar is `arkes.containerfile`, our own port of BuildKit's current parser. This module checks what the
+parsed instructions mean, as BuildKit's instructions package and its Dockerfile-to-LLB conversion do: the flags
+each instruction takes and their values, RUN --mount options, HEALTHCHECK timings, variable substitution, stage
+references, and COPY sources against the build context. BuildKit is the reference for what is valid. The builder
+that runs our builds is Buildah 1.39, which lacks some of BuildKit's features and reads a few constructs
+differently; those are refused too, with a message naming the builder, so that what `os check` accepts builds.
+
+Errors make `os check` fail; warnings (what BuildKit warns about or skips) are reported and do not.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
 import glob
 import itertools
-import json
 import platform
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import dockerfile
-
+from arkes.containerfile import BUILDER, INSTRUCTIONS, Heredoc, Instruction, Lexer, Parsed, ShellError, parse_heredoc
+from arkes.containerfile import parse as parse_text
 from arkes.errors import UsageError, ValidationError
 
-INSTRUCTIONS = frozenset(
-    {"FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER"}
-    | {"WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
-)
+__all__ = ["INSTRUCTIONS", "Heredoc", "Instruction", "Report", "Stage", "Systemfile", "check", "load", "problems"]
 
 # (minimum number of parsed arguments, what is missing) per instruction; FROM is checked on its own.
 _NEEDS: dict[str, tuple[int, str]] = {
@@ -50,27 +50,48 @@ _NEEDS: dict[str, tuple[int, str]] = {
     "ONBUILD": (1, "an instruction to run in images built FROM this one"),
 }
 _JSON_FORMS = frozenset({"RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME"})
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-# Where parsing resumes after an unterminated heredoc: the next line that looks like an instruction. Upper case
-# only, because heredoc bodies are shell scripts and `env`, `user` or `add` start many of their lines.
-_INSTRUCTION_LINE = re.compile(r"^\s*(?:{})(?:\s|$)".format("|".join(sorted(INSTRUCTIONS))))
-_HEREDOC = re.compile(r"<<-?([\"']?)(\w+)\1")
-_VARIABLE = re.compile(r"\$(?:\{(?P<braced>\w+)(?:(?P<op>:?[-+?])(?P<word>[^}]*))?\}|(?P<plain>\w+))")
+# The flags BuildKit's instructions/parse.go defines per instruction: "b"ool, "s"tring, or "m"any strings. Any
+# other instruction takes none, except ARG, STOPSIGNAL and HEALTHCHECK NONE, whose flags BuildKit never parses.
+_FLAGS: dict[str, dict[str, str]] = {
+    "ADD": {"chown": "s", "chmod": "s", "link": "b", "keep-git-dir": "b", "checksum": "s", "unpack": "b"}
+    | {"exclude": "m"},
+    "COPY": {"chown": "s", "from": "s", "chmod": "s", "link": "b", "exclude": "m", "parents": "b"},
+    "FROM": {"platform": "s"},
+    "RUN": {"mount": "m", "network": "s", "security": "s", "device": "m"},
+    "HEALTHCHECK": dict.fromkeys(("interval", "timeout", "start-period", "start-interval", "retries"), "s"),
+}
+_UNPARSED_FLAGS = frozenset({"ARG", "STOPSIGNAL"})
+# Flags BuildKit accepts that Buildah 1.39 refuses: always, or when true.
+_UNSUPPORTED = {("RUN", "security"), ("RUN", "device"), ("ADD", "unpack")}
+_UNSUPPORTED_TRUE = {("COPY", "link"), ("ADD", "link"), ("COPY", "parents"), ("ADD", "keep-git-dir")}
+_MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_TARGET = ("target", "dst", "destination")
+_READ = ("readonly", "ro", "readwrite", "rw")
+_MOUNT_KEYS: tuple[str, ...] = ("type", "from", "source", "src", "id", "sharing", "required", "size", "mode", "uid")
+_MOUNT_KEYS = (*_MOUNT_KEYS, "gid", "env", *_TARGET, *_READ)
+# The mount keys Buildah 1.39 reads, per type (its own parser, which knows a few keys BuildKit refuses).
+_BUILDER_MOUNT_KEYS = {
+    "bind": {"type", "from", "source", "src", *_TARGET, *_READ},
+    "cache": {"type", "id", "sharing", "from", "source", "src", "mode", "uid", "gid", *_TARGET, *_READ},
+    "tmpfs": {"type", "readonly", "ro", *_TARGET},
+    "secret": {"type", "id", "required", "mode", "uid", "gid", *_TARGET},
+    "ssh": {"type", "id", "required", "mode", "uid", "gid", *_TARGET},
+}
+_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
+_BOOL |= {"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_DURATION_UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
+_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_SYMBOLIC_MODE = re.compile(r"[ugoa]*(?:[-+=][rwxXstugo]*)+(?:,[ugoa]*(?:[-+=][rwxXstugo]*)+)*")
+_SIGNALS = {"ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE"}
+_SIGNALS |= {"POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN"}
+_SIGNALS |= {"TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX"}
+_SIGNALS |= {f"RTMIN+{n}" for n in range(1, 16)} | {f"RTMAX-{n}" for n in range(1, 15)}
+_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-
-@dataclass(frozen=True)
-class Instruction:
-    """One instruction as the parser saw it; for ONBUILD, `value` starts with the trigger instruction."""
-
-    cmd: str
-    value: tuple[str, ...]
-    json: bool
-    flags: tuple[str, ...]
-    start_line: int
-    end_line: int
-    original: str
+Env = dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -106,23 +127,24 @@ class Systemfile:
         return tuple(dict.fromkeys(s.base for s in self.stages if s.external))
 
 
-def problems(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> list[str]:
-    """Every problem as 'PATH:LINE: message', sorted by line; empty when valid. context defaults to path.parent.
+@dataclass(frozen=True)
+class Report:
+    """What `os check` says: errors (the build would fail or go wrong) and warnings, each `PATH:LINE: message`."""
+
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    systemfile: Systemfile
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+def check(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Report:
+    """Every error and warning, each sorted by line. context defaults to path.parent.
 
     A missing or unreadable file (or context) is not a problem in the file: it raises UsageError.
     """
-    return _analyse(path, context, build_args)[0]
-
-
-def load(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Systemfile:
-    """Parse and validate; raise ValidationError listing every problem, UsageError if the file cannot be read."""
-    found, systemfile = _analyse(path, context, build_args)
-    if found:
-        raise ValidationError(found, hint=f"fix {path} and run `os check` again")
-    return systemfile
-
-
-def _analyse(path: Path, context: Path | None, build_args: Mapping[str, str] | None) -> tuple[list[str], Systemfile]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -132,21 +154,38 @@ def _analyse(path: Path, context: Path | None, build_args: Mapping[str, str] | N
     context = path.parent if context is None else context
     if not context.is_dir():
         raise UsageError(f"build context {context} is not a directory", hint="give the directory COPY reads from")
-    found: list[tuple[int, str]] = []
-    instructions: tuple[Instruction, ...] = ()
-    stages: tuple[Stage, ...] = ()
+    checker = _Checker(context, build_args or {})
     text = ""
-    binary = _binary(data)
-    if binary:
-        # Past a byte that is not text, line numbers and the parser's view (it stops at NUL) mean nothing.
-        found.append(binary)
+    if binary := _binary(data):
+        # Past a byte that is not text, line numbers and the parser's view mean nothing.
+        checker.errors.append(binary)
     else:
         text = data.decode()
-        instructions, lines, escape = _parse(text, found)
-        stages = _check(instructions, context, build_args or {}, found)
-        _check_trailing_continuation(instructions, lines, escape, found)
-    found.sort(key=lambda problem: problem[0])
-    return [f"{path}:{line}: {message}" for line, message in found], Systemfile(path, text, instructions, stages)
+        checker.run(parse_text(text))
+
+    def render(found: list[tuple[int, str]]) -> tuple[str, ...]:
+        return tuple(f"{path}:{line}: {message}" for line, message in sorted(found, key=lambda item: item[0]))
+
+    systemfile = Systemfile(path, text, checker.instructions, tuple(checker.stages))
+    return Report(render(checker.errors), render(checker.warnings), systemfile)
+
+
+def problems(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """Every error as 'PATH:LINE: message', sorted by line; empty when valid. context defaults to path.parent."""
+    return list(check(path, context, build_args).errors)
+
+
+def warnings(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """Every warning as 'PATH:LINE: message', sorted by line: what BuildKit warns about but builds."""
+    return list(check(path, context, build_args).warnings)
+
+
+def load(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Systemfile:
+    """Parse and validate; raise ValidationError listing every error, UsageError if the file cannot be read."""
+    report = check(path, context, build_args)
+    if report.errors:
+        raise ValidationError(list(report.errors), hint=f"fix {path} and run `os check` again")
+    return report.systemfile
 
 
 def _binary(data: bytes) -> tuple[int, str] | None:
@@ -163,281 +202,630 @@ def _binary(data: bytes) -> tuple[int, str] | None:
     return data.count(b"\n", 0, offset) + 1, message
 
 
-def _parse(text: str, found: list[tuple[int, str]]) -> tuple[tuple[Instruction, ...], list[str], str]:
-    """Parse, and for every parser error record it, blank the instruction it came from and parse again."""
-    lines = text.split("\n")  # the Go parser counts only \n (it drops a \r before it), unlike str.splitlines
-    escape = next((value for _, key, value in _directives(lines) if key == "escape" and value in ("\\", "`")), "\\")
-    commands: list[Any] = []
-    for _ in range(len(lines)):  # each round blanks at least one non-blank line
+def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _uint(text: str, base: int) -> int | None:
+    """Go's strconv.ParseUint(text, base, 32): digits only, no sign, below 2**32."""
+    digits = "01234567" if base == 8 else "0123456789"
+    if not text or any(char not in digits for char in text) or int(text, base) >= 2**32:
+        return None
+    return int(text, base)
+
+
+def _duration(text: str) -> float | None:
+    """Go's time.ParseDuration in nanoseconds, or None: `0`, or signed numbers each with a unit (1m30s, 1.5h)."""
+    body = text[1:] if text[:1] in "+-" else text
+    if body == "0":
+        return 0.0
+    total, pos = 0.0, 0
+    while pos < len(body):
+        match = _DURATION.match(body, pos)
+        if not match or match[1] in ("", "."):
+            return None
+        total += float(match[1] if match[1][:1] != "." else "0" + match[1]) * _DURATION_UNITS[match[2]]
+        pos = match.end()
+    return (-total if text.startswith("-") else total) if body else None
+
+
+@dataclass
+class _StageState:
+    """One stage while checking: its variables (None: declared without a value) and what it references."""
+
+    index: int
+    name: str | None  # as written after AS
+    line: int
+    env: Env
+    complete: bool  # whether env is everything (scratch), or the base image may set more
+    references: list[tuple[int, int, str]] = field(default_factory=list)  # (stage index, line, description)
+
+
+class _Checker:
+    def __init__(self, context: Path, build_args: Mapping[str, str]) -> None:
+        self.context, self.build_args = context, build_args
+        self.errors: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []
+        self.instructions: tuple[Instruction, ...] = ()
+        self.stages: list[Stage] = []
+        self.states: list[_StageState] = []
+        self.escape = "\\"
+        arch = _ARCH.get(platform.machine(), platform.machine())
+        # ARGs every build knows without declaring them; builds here are native, so they describe this machine.
+        self.predefined: dict[str, str] = {"TARGETOS": "linux", "TARGETARCH": arch, "TARGETPLATFORM": f"linux/{arch}"}
+        self.predefined |= {"BUILDOS": "linux", "BUILDARCH": arch, "BUILDPLATFORM": f"linux/{arch}"}
+        self.predefined |= {"TARGETVARIANT": "", "BUILDVARIANT": ""}
+        self.meta: Env = dict(self.predefined)
+        self.meta_declared: set[str] = set()
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.append((line, message))
+
+    def builder(self, line: int, message: str) -> None:
+        self.errors.append((line, f"{message}: {BUILDER} does not support it"))
+
+    def run(self, parsed: Parsed) -> None:
+        self.errors += parsed.errors
+        self.warnings += parsed.warnings
+        self.errors += parsed.divergences
+        self.escape, self.instructions = parsed.escape, parsed.instructions
+        for directive in parsed.directives:
+            if directive.name == "check":
+                self._check_directive(directive.value.split(" ")[0], directive.line)
+        for ins in parsed.instructions:
+            self._instruction(ins)
+        if not self.states:
+            self.error(1, "no FROM instruction: a Systemfile starts FROM an image (e.g. FROM localhost/arkes:base)")
+        self._check_stage_graph()
+        self._check_trailing_continuation(parsed)
+
+    def _check_directive(self, value: str, line: int) -> None:
+        """BuildKit refuses the build when `# check=` does not parse (it reads the value up to the first space)."""
+        for part in value.strip().split(";", 2) if value.strip() else []:
+            key, equals, setting = part.partition("=")
+            if not equals or key.strip() not in ("skip", "experimental", "error"):
+                self.error(line, f"invalid check option {(key if equals else part).strip()!r} in # check=")
+            elif key.strip() == "error" and setting.strip() not in _BOOL:
+                self.error(line, f"# check=error= takes true or false, not {setting.strip()!r}")
+
+    def _instruction(self, ins: Instruction) -> None:
+        cmd, line = ins.cmd, ins.start_line
+        if cmd not in INSTRUCTIONS:
+            self.error(line, f"unknown instruction {cmd}{_did_you_mean(cmd, sorted(INSTRUCTIONS))}")
+            return
+        if not self.states and cmd not in ("ARG", "FROM"):
+            self.error(line, f"{cmd} before the first FROM: only ARG may come before FROM")
+        flags = self._flags(ins)
+        if cmd == "FROM":
+            self._stage(ins, flags)
+            return
+        if not self._arguments(ins):
+            return
+        state = self.states[-1] if self.states else None
+        lexer = self._lexer(state)
+        if cmd in ("COPY", "ADD"):
+            self._copy(ins, flags, state, lexer)
+        elif cmd == "RUN":
+            self._run(ins, flags, state, lexer)
+        elif cmd == "HEALTHCHECK":
+            self._healthcheck(ins, flags)
+        elif cmd in ("ENV", "LABEL"):
+            values = [self._expand(ins, lexer, word) for word in ins.value]
+            if cmd == "ENV" and state is not None:
+                names, settings = values[::2], values[1::2]
+                state.env |= {name: value for name, value in zip(names, settings, strict=True) if name is not None}
+        elif cmd == "ARG":
+            self._arg(ins, state, lexer)
+        elif cmd in ("WORKDIR", "USER", "VOLUME", "STOPSIGNAL", "EXPOSE"):
+            self._simple(ins, lexer)
+        elif cmd == "MAINTAINER":
+            self.warnings.append((line, "MAINTAINER is deprecated: use LABEL org.opencontainers.image.authors=..."))
+
+    def _lexer(self, state: _StageState | None) -> Lexer:
+        if state is None:
+            return Lexer(self.escape, self.meta)
+        return Lexer(self.escape, state.env, complete=state.complete)
+
+    def _expand(self, ins: Instruction, lexer: Lexer, word: str, *, words: bool = False) -> str | None:
+        """A word with its variables substituted, as the build will; None when that fails or depends on the image."""
+        lexer.uncertain = False
+        lexer.plain_modifiers.clear()
         try:
-            commands = dockerfile.parse_string("\n".join(lines))
-            break
-        except dockerfile.GoParseError as exc:
-            message = str(exc)
-            if message == "file with no instructions":
+            result = " ".join(lexer.words(word)) if words else lexer.word(word)
+        except ShellError as exc:
+            self.error(ins.start_line, f"{ins.cmd}: {exc}")
+            return None
+        for modifier in sorted(lexer.plain_modifiers):
+            self.builder(ins.start_line, f"{ins.cmd}: {modifier} without ':' (write ${{NAME:-...}})")
+        return None if lexer.uncertain else result
+
+    # --- flags ---------------------------------------------------------------------------------------------
+
+    def _flags(self, ins: Instruction) -> dict[str, list[str]]:
+        """The flags as BuildKit's BFlags parses them, {name: values}; every bad one is reported."""
+        cmd, line = ins.cmd, ins.start_line
+        if cmd in _UNPARSED_FLAGS or (cmd == "HEALTHCHECK" and ins.value[:1] and ins.value[0].upper() == "NONE"):
+            if ins.flags:
+                self.warnings.append((line, f"{cmd} ignores flags: {' '.join(ins.flags)} has no effect"))
+            return {}
+        known, found = _FLAGS.get(cmd, {}), dict[str, list[str]]()
+        for flag in ins.flags:
+            if flag == "--":
                 break
-            first, last = _locate(lines, message, escape)
-            found.append((first, _describe(message, lines[first - 1])))
-            if not any(line.strip() for line in lines[first - 1 : last]):
-                last = len(lines)  # never loop on a location that is already blank: give up on the rest
-            lines[first - 1 : last] = [""] * (last - first + 1)
-    return tuple(_instruction(command) for command in commands), lines, escape
+            name, equals, value = flag[2:].partition("=")
+            kind = known.get(name)
+            if kind is None:
+                what = f"{cmd} takes no flags" if not known else f"unknown flag --{name}"
+                close = _did_you_mean(name, sorted(known), "--") if known else ""
+                self.error(line, f"{cmd}: {what}{close}" + (f" (got {flag})" if not known else ""))
+                continue
+            if name in found and kind != "m":
+                self.error(line, f"{cmd}: duplicate flag --{name}")
+                continue
+            if kind == "b":
+                if equals and value.lower() not in ("true", "false"):
+                    why = "missing a value" if not value else f"expecting true or false, not {value!r}"
+                    self.error(line, f"{cmd} --{name}: {why}")
+                    continue
+                value = value.lower() or "true"
+                if equals and flag[len(name) + 3 :] not in ("true", "false"):
+                    self.builder(line, f"{cmd} {flag}: a value in upper case")
+            elif not equals:
+                self.error(line, f"{cmd}: flag --{name} is missing a value (write --{name}=VALUE)")
+                continue
+            elif not value and name in ("chown", "from", "exclude", "checksum", "network", "mount"):
+                self.builder(line, f"{cmd} --{name}= with an empty value")
+            if (cmd, name) in _UNSUPPORTED or ((cmd, name) in _UNSUPPORTED_TRUE and value == "true"):
+                self.builder(line, f"{cmd} --{name}")
+            found.setdefault(name, []).append(value)
+        return found
+
+    # --- instructions --------------------------------------------------------------------------------------
+
+    def _arguments(self, ins: Instruction) -> bool:
+        """Argument counts and forms; False when the instruction is too broken to check further."""
+        value, line, cmd = ins.value, ins.start_line, ins.cmd
+        minimum, what = _NEEDS[cmd]
+        if len(value) < minimum and not (ins.json and cmd in ("CMD", "ENTRYPOINT")):  # CMD [] clears CMD
+            self.error(line, f"{cmd} needs {what}")
+            return False
+        if (cmd in ("ENV", "LABEL") and "" in value[::2]) or (cmd == "ARG" and any(v[:1] == "=" for v in value)):
+            self.error(line, f"{cmd} has an empty name")
+        if cmd in _JSON_FORMS and not ins.json and value and _meant_json(cmd, " ".join(value)):
+            reason = _json_error(" ".join(value))
+            if reason != "extra data":  # text after a whole array: reported as a difference from the builder
+                self.error(line, f'{cmd}: malformed JSON array ({reason}); write it as ["a", "b"] in double quotes')
+            return cmd not in ("COPY", "ADD", "VOLUME")
+        if cmd == "SHELL" and not ins.json:
+            self.error(line, f"SHELL needs {what}")
+        if cmd == "HEALTHCHECK":
+            mode = value[0].upper()
+            if mode not in ("NONE", "CMD") or (mode == "CMD") != (len(value) > 1):
+                self.error(line, f"HEALTHCHECK needs {what}")
+        if cmd == "ONBUILD" and ins.trigger is not None:
+            trigger = ins.trigger.cmd
+            if trigger not in INSTRUCTIONS:
+                self.error(
+                    line, f"ONBUILD: unknown instruction {trigger}{_did_you_mean(trigger, sorted(INSTRUCTIONS))}"
+                )
+            elif trigger in ("ONBUILD", "FROM", "MAINTAINER"):
+                self.error(line, f"ONBUILD: {trigger} is not allowed as an ONBUILD trigger")
+            else:  # BuildKit checks a trigger only when an image is built FROM this one; it would fail there
+                count = len(self.errors)
+                self._flags(ins.trigger)
+                self._arguments(ins.trigger)
+                self.errors[count:] = [(n, f"ONBUILD {message}") for n, message in self.errors[count:]]
+        return True
+
+    def _simple(self, ins: Instruction, lexer: Lexer) -> None:
+        """WORKDIR, USER, VOLUME, STOPSIGNAL and EXPOSE: substitute, then check what BuildKit checks."""
+        cmd, line = ins.cmd, ins.start_line
+        for word in ins.value:
+            value = self._expand(ins, lexer, word, words=cmd == "EXPOSE")
+            if value is None:
+                continue
+            if cmd == "VOLUME" and not value.strip():
+                self.error(line, "VOLUME specified can not be an empty string")
+            elif cmd == "STOPSIGNAL" and not _is_signal(value):
+                self.error(line, f"STOPSIGNAL: invalid signal {value!r} (use a name such as SIGTERM, or a number)")
+            elif cmd == "EXPOSE":
+                for port in value.split():
+                    if why := _port_problem(port):
+                        self.error(line, f"EXPOSE: invalid port {port!r}: {why}")
+
+    def _arg(self, ins: Instruction, state: _StageState | None, lexer: Lexer) -> None:
+        for token in ins.value:
+            name, equals, default = token.partition("=")
+            if equals and name in ("TARGETPLATFORM", "BUILDPLATFORM"):
+                self.builder(ins.start_line, f"ARG: a default for {name}, which the builder sets itself")
+            value: str | None = None
+            if equals:
+                value = self._expand(ins, lexer, default)  # BuildKit substitutes a default even if unused
+            if name in self.build_args:
+                value = str(self.build_args[name])
+            elif not equals and state is not None:
+                value = self.meta.get(name) if name in self.meta_declared else self.predefined.get(name)
+            if state is None:
+                self.meta_declared.add(name)
+                if value is not None or name not in self.meta:
+                    self.meta[name] = value
+            elif value is not None or name not in state.env:
+                # An ARG without a value leaves its name unset: we take it that the image does not set it either.
+                state.env[name] = value
+
+    def _stage(self, ins: Instruction, flags: dict[str, list[str]]) -> None:
+        words, line = ins.value, ins.start_line
+        if not words or words[0].upper() == "AS":
+            self.error(line, "FROM needs an image")
+            return
+        if len(words) == 2 and words[1].upper() == "AS":
+            self.error(line, "FROM ... AS needs a stage name")
+            return
+        if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
+            self.error(line, f"FROM takes an image and an optional AS name, not {' '.join(words)!r}")
+            return
+        lexer = Lexer(self.escape, self.meta)
+        base = self._expand(ins, lexer, words[0]) or ""
+        for unset in dict.fromkeys(lexer.unset):
+            if unset in self.meta:
+                self.error(line, f"FROM uses ${unset}, but ARG {unset} has no default and no build argument sets it")
+            else:
+                self.error(line, f"FROM uses ${unset}, but no ARG {unset} is declared before the first FROM")
+        if not base and not lexer.unset:
+            self.error(line, f"FROM image {words[0]!r} is empty once ARGs are substituted")
+        for value in flags.get("platform", []):
+            self._expand(ins, Lexer(self.escape, self.meta), value)
+        written = words[2] if len(words) == 3 else None
+        name = written.lower() if written else None
+        earlier = {s.name: s for s in self.stages if s.name}
+        if name and not _STAGE_NAME.match(name):
+            self.error(line, f"invalid stage name {name!r}: use lower-case letters, digits, '-', '_' and '.'")
+        elif name in earlier:
+            self.error(line, f"duplicate stage name {name!r} (first at line {earlier[name].line})")
+        elif name in ("context", "scratch"):
+            self.warnings.append((line, f"stage name {name!r} is reserved: BuildKit warns about it"))
+        if written and written != name:
+            why = "BuildKit lower-cases stage names, the builder matches them exactly"
+            self.warnings.append((line, f"stage name {written!r} is not in lower case ({why}); write {name!r}"))
+        # BuildKit finds a FROM stage by the exact (lower-cased) name, Buildah by the name as written.
+        index = self._stage_index(base, line, "FROM", exact=True) if base else None
+        env: Env = {"PATH": _DEFAULT_PATH} if base == "scratch" else {}
+        complete = base == "scratch"
+        if index is not None and index < len(self.states):
+            env, complete = dict(self.states[index].env), self.states[index].complete
+        self.states.append(_StageState(len(self.states), written, line, env, complete))
+        if index is not None and index < len(self.states) - 1:
+            self.states[-1].references.append((index, line, f"FROM {base}"))
+        external = base != "scratch" and index is None
+        self.stages.append(Stage(base, name, line, external))
+
+    def _stage_index(self, reference: str, line: int, what: str, *, exact: bool = False) -> int | None:
+        """The index of the stage a name refers to (any stage for --from, an earlier one for FROM), or None."""
+        states = self.states if exact else self._all_states()
+        buildkit = next(
+            (s.index for s in states if s.name and s.name.lower() == (reference if exact else reference.lower())), None
+        )
+        buildah = next((s.index for s in states if s.name == reference), None)
+        if buildkit != buildah:
+            named = states[buildkit if buildkit is not None else buildah or 0].name
+            why = f"BuildKit and {BUILDER} disagree on whether that is the stage (one ignores case, one does not)"
+            self.error(line, f"{what}: the stage is named {named!r}: {why}; write the name exactly as after AS")
+        return buildkit
+
+    def _all_states(self) -> list[_StageState]:
+        """Every stage of the file, the ones not reached yet included, for references to them."""
+        found = list(self.states)
+        later = [
+            ins for ins in self.instructions if ins.cmd == "FROM" and ins.start_line > (found[-1].line if found else 0)
+        ]
+        for ins in later:
+            name = ins.value[2] if len(ins.value) == 3 and ins.value[1].upper() == "AS" else None
+            found.append(_StageState(len(found), name, ins.start_line, {}, False))
+        return found
+
+    def _reference(self, state: _StageState | None, source: str, line: int, what: str) -> None:
+        """Record a COPY --from or RUN --mount from= that names a stage (by name, or by index when `what` is COPY)."""
+        if state is None:
+            return
+        if what.startswith("RUN") and source.isdigit():
+            why = "BuildKit finds a mount's stage by name only, so it would pull an image of that name"
+            self.error(line, f"{what}: {why}; name the stage with AS and use the name")
+            return
+        if what.startswith("COPY") and re.fullmatch(r"[+-]?[0-9]+", source):
+            index = int(source)
+            if not 0 <= index < len(self._all_states()):
+                self.error(line, f"{what}: invalid stage index {index} (the file has {len(self._all_states())} stages)")
+                return
+        elif (found := self._stage_index(source, line, what)) is not None:
+            index = found
+        else:
+            return  # an image
+        state.references.append((index, line, what))
+
+    def _copy(self, ins: Instruction, flags: dict[str, list[str]], state: _StageState | None, lexer: Lexer) -> None:
+        cmd, line = ins.cmd, ins.start_line
+        if parse_heredoc(ins.value[-1]) is not None:
+            self.error(line, f"{cmd} cannot accept a heredoc as a destination")
+        for source in flags.get("from", []):
+            if source and "$" in source:
+                why = "define a stage with FROM using an ARG from before the first FROM instead"
+                self.error(line, f"COPY --from={source}: variable expansion is not supported for --from ({why})")
+            elif source:
+                self._reference(state, source, line, f"COPY --from={source}")
+        for chmod in flags.get("chmod", []):
+            if (mode := self._expand(ins, lexer, chmod)) is not None:
+                self._chmod(cmd, mode, line)
+        for value in flags.get("chown", []) + flags.get("checksum", []):
+            self._expand(ins, lexer, value)
+        paths = [source for source in ins.value[:-1] if parse_heredoc(source) is None]
+        expanded = [self._expand(ins, lexer, word) for word in ins.value]
+        for doc in ins.heredocs:
+            if doc.expand:  # BuildKit substitutes variables in a COPY heredoc unless its delimiter is quoted
+                self._expand(ins, Lexer("\\", lexer.env, complete=lexer.complete, skip_quotes=True), doc.text)
+        if flags.get("checksum"):
+            if len(paths) != 1:
+                self.error(line, "ADD --checksum can't be specified for multiple sources")
+            elif not re.match(r"^(https?://|git@|git://|ssh://)", paths[0]) and not paths[0].endswith(".git"):
+                self.error(line, "ADD --checksum requires HTTP(S) or Git sources")
+        if cmd == "COPY":
+            for source in paths:
+                if _URL.match(source):
+                    self.error(line, f"COPY source {source} is a URL or Git repository: COPY cannot fetch it, ADD can")
+        if not flags.get("from") and "<<" not in ins.value and not _meant_json(cmd, " ".join(ins.value)):
+            self._check_sources(ins, [s for s, e in zip(paths, expanded, strict=False) if e is not None and s == e])
+
+    def _chmod(self, cmd: str, mode: str, line: int) -> None:
+        """BuildKit takes an octal mode up to 07777 or a symbolic one (u+x); Buildah only the octal one."""
+        if _uint(mode, 8) is not None and int(mode, 8) <= 0o7777:
+            return
+        if mode[:1].isdigit() or not _SYMBOLIC_MODE.fullmatch(mode):
+            self.error(line, f"{cmd} --chmod={mode}: not an octal mode between 0 and 07777 (nor a symbolic one)")
+        else:
+            self.builder(line, f"{cmd} --chmod={mode}: a symbolic mode (write it in octal, such as 0755)")
+
+    def _check_sources(self, ins: Instruction, sources: list[str]) -> None:
+        context, cmd, line = self.context, ins.cmd, ins.start_line
+        for source in sources:
+            # URLs and sources built from variables cannot be checked against the context here.
+            if "$" in source or (cmd == "ADD" and _URL.match(source)):
+                continue
+            relative = posixpath.normpath(source)
+            if relative == ".." or relative.startswith("../"):
+                self.error(line, f"{cmd} source {source} is outside the build context {context}")
+            elif glob.has_magic(relative):
+                # `**` matches any number of directories, none included, as in BuildKit and Buildah.
+                pattern = relative.lstrip("/").replace("[^", "[!")
+                if not glob.glob(pattern, root_dir=context, include_hidden=True, recursive=True):
+                    self.error(line, f"{cmd} source {source} matches nothing in the build context")
+            elif not (context / relative.lstrip("/")).is_symlink() and not (context / relative.lstrip("/")).exists():
+                self.error(line, f"{cmd} source {source} does not exist in the build context {context}")
+
+    def _run(self, ins: Instruction, flags: dict[str, list[str]], state: _StageState | None, lexer: Lexer) -> None:
+        line = ins.start_line
+        for network in flags.get("network", []):
+            value = self._expand(ins, lexer, network)
+            if value is not None and value not in ("default", "none", "host"):
+                self.error(line, f"RUN --network={network}: invalid network mode (use default, none or host)")
+        for security in flags.get("security", []):
+            if security not in ("insecure", "sandbox"):
+                self.error(line, f"RUN --security={security}: not valid (use insecure or sandbox)")
+        for mount in flags.get("mount", []):
+            self._mount(ins, mount, state, lexer)
+        if ins.heredocs and parse_heredoc(ins.value[0]) is not None and ins.heredocs[0].text.startswith("#!"):
+            why = "it cannot open the script under chroot isolation; pipe it to the program instead: RUN python3 <<EOF"
+            self.builder(line, f"RUN <<{ins.heredocs[0].name}: a heredoc script that starts with #! ({why})")
+
+    def _mount(self, ins: Instruction, raw: str, state: _StageState | None, lexer: Lexer) -> None:
+        """One RUN --mount, as BuildKit's parseMount reads it, then what Buildah's own mount parser accepts."""
+        line, where = ins.start_line, f"RUN --mount={raw}"
+        if '"' in raw:
+            self.builder(line, f"{where}: quotes inside a mount (the builder splits it at every comma)")
+        try:
+            fields = next(csv.reader([raw], strict=True), [])
+        except csv.Error as exc:
+            self.error(line, f"{where}: failed to parse csv mounts: {exc}")
+            return
+        kind, values, bare = "bind", dict[str, str](), set[str]()
+        for item in fields:
+            key, equals, value = item.partition("=")
+            lower = key.lower()
+            if key != lower:
+                self.builder(line, f"{where}: the key {key!r} in upper case")
+            if not equals:
+                if lower == "required" and kind not in ("secret", "ssh"):
+                    self.error(line, f"{where}: unexpected key 'required' for mount type '{kind}'")
+                elif lower not in _READ and lower != "required":
+                    self.error(line, f"{where}: invalid field '{item}' must be a key=value pair")
+                bare.add(lower)
+                continue
+            if lower == "from" and "$" in value[:-1]:
+                self.error(line, f"{where}: 'from' doesn't support variable expansion, define alias stage instead")
+                continue
+            expanded = self._expand(ins, lexer, value)
+            if expanded is None:
+                values[lower] = value
+                continue
+            problem = _mount_field_problem(kind, lower, expanded, item)
+            if problem:
+                self.error(line, f"{where}: {problem}")
+            if lower == "type" and not problem:
+                kind = expanded.lower()
+                if expanded != kind:
+                    self.builder(line, f"{where}: the type {expanded!r} in upper case")
+            elif lower in _READ:
+                self.builder(line, f"{where}: a value for {lower} (write {lower} alone)")
+            values[lower] = expanded
+        for problem in _mount_problems(kind, values, bare):
+            self.error(line, f"{where}: {problem}")
+        for key in sorted(
+            (set(values) | bare) - _BUILDER_MOUNT_KEYS[kind] - {k for k in values if k not in _MOUNT_KEYS}
+        ):
+            self.builder(line, f"{where}: the key {key!r} for a {kind} mount")
+        if kind == "cache" and values.get("sharing", "").lower() == "private":
+            self.builder(line, f"{where}: sharing=private (use shared or locked)")
+        if kind in ("bind", "cache", "tmpfs") and not any(values.get(key) for key in _TARGET):
+            self.builder(line, f"{where}: a {kind} mount without target=")
+        if kind == "secret" and not values.get("id"):
+            self.builder(line, f"{where}: a secret mount without id=")
+        if kind == "ssh" and "required" in bare:
+            self.builder(line, f"{where}: required without a value in an ssh mount (write required=true)")
+        if values.get("from") and "$" not in values["from"]:
+            self._reference(state, values["from"], line, f"RUN --mount from={values['from']}")
+
+    def _healthcheck(self, ins: Instruction, flags: dict[str, list[str]]) -> None:
+        line = ins.start_line
+        for name in ("interval", "timeout", "start-period", "start-interval"):
+            for value in flags.get(name, []):
+                duration = _duration(value) if value else 0.0
+                if duration is None:
+                    self.error(line, f"HEALTHCHECK --{name}={value}: not a duration (write e.g. 30s, 1m30s, 500ms)")
+                elif duration == 0 and value:
+                    self.builder(line, f"HEALTHCHECK --{name}={value}: a zero interval (leave the flag out instead)")
+                elif 0 < abs(duration) < 1e6 or duration < 0:
+                    self.error(line, f"HEALTHCHECK --{name}={value}: cannot be less than 1ms")
+        for value in flags.get("retries", []):
+            if not re.fullmatch(r"[+-]?[0-9]+", value) or not -(2**31) <= int(value) < 2**31:
+                self.error(line, f"HEALTHCHECK --retries={value}: not a whole number")
+            elif int(value) < 0:
+                self.error(line, f"HEALTHCHECK --retries={value}: --retries cannot be negative")
+            elif int(value) == 0:
+                self.builder(line, "HEALTHCHECK --retries=0 (it must be at least 1)")
+
+    # --- the whole file ------------------------------------------------------------------------------------
+
+    def _check_stage_graph(self) -> None:
+        """References to the own or a later stage are errors; an unnamed stage nothing uses is only a warning."""
+        later_uses: set[int] = set()
+        for state in self.states:
+            for index, line, what in state.references:
+                if index == state.index:
+                    self.error(line, f"{what}: names its own stage (circular dependency)")
+                elif index > state.index:
+                    cycle = (
+                        " and that stage depends on this one (circular dependency)"
+                        if self._reaches(index, state.index)
+                        else ""
+                    )
+                    self.error(
+                        line, f"{what}: names a later stage; a stage can only use stages defined before it{cycle}"
+                    )
+                else:
+                    later_uses.add(index)
+        for stage, following in itertools.pairwise(self.states):
+            if stage.index not in later_uses and stage.name is None:
+                why = f"the stage from line {stage.line} has no AS name and nothing uses it, so BuildKit skips it"
+                self.warnings.append(
+                    (following.line, f"extra FROM: {why} (name it with AS and COPY --from it, or delete it)")
+                )
+
+    def _reaches(self, start: int, goal: int) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            index = todo.pop()
+            if index == goal:
+                return True
+            if index in seen or index >= len(self.states):
+                continue
+            seen.add(index)
+            todo += [target for target, _, _ in self.states[index].references]
+        return False
+
+    def _check_trailing_continuation(self, parsed: Parsed) -> None:
+        """BuildKit accepts a `\\` on the last line; the instruction it ends was surely meant to go on."""
+        lines, escape = parsed.lines, parsed.escape
+        last = next((i for i in range(len(lines), 0, -1) if lines[i - 1].strip()[:1] not in ("", "#")), 0)
+        if not last or not parsed.instructions or not lines[last - 1].rstrip().endswith(escape):
+            return
+        final = parsed.instructions[-1]
+        if final.start_line <= last <= final.end_line and not final.heredocs:  # heredocs end on their marker
+            self.error(final.start_line, f"{final.cmd}: line continuation '{escape}' on the last line of the file")
 
 
-def _instruction(command: Any) -> Instruction:
-    cmd, value = str(command.cmd).upper(), tuple(str(v) for v in command.value)
-    if cmd == "ONBUILD" and command.sub_cmd:
-        value = (str(command.sub_cmd).upper(), *value)
-    flags = tuple(str(f) for f in command.flags)
-    return Instruction(cmd, value, bool(command.json), flags, command.start_line, command.end_line, command.original)
+def _mount_field_problem(kind: str, key: str, value: str, item: str) -> str | None:
+    """What BuildKit's parseMount says about one key=value of a mount, or None."""
+    if key == "type" and value.lower() not in _MOUNT_TYPES:
+        return f"unsupported mount type {value!r}{_did_you_mean(value.lower(), list(_MOUNT_TYPES))}"
+    if key in _READ and value not in _BOOL:
+        return f"invalid value for {key}: {value}"
+    if key == "required" and kind not in ("secret", "ssh"):
+        return f"unexpected key 'required' for mount type '{kind}'"
+    if key == "required" and value not in _BOOL:
+        return f"invalid value for required: {value}"
+    if key == "size" and kind != "tmpfs":
+        return f"unexpected key 'size' for mount type '{kind}'"
+    if key == "size" and not re.fullmatch(r"[0-9.]+ ?(?:[kmgtp](?:i?b)?|b)?", value, re.IGNORECASE):
+        return f"invalid value for size: {value}"
+    if key == "sharing" and value.lower() not in ("shared", "private", "locked"):
+        return f"unsupported sharing value {value!r} (use shared, private or locked)"
+    if key in ("mode", "uid", "gid") and _uint(value, 8 if key == "mode" else 10) is None:
+        return f"invalid value {value} for {key}"
+    if key not in _MOUNT_KEYS:
+        return f"unexpected key '{key}' in '{item}'{_did_you_mean(key, list(_MOUNT_KEYS))}"
+    return None
 
 
-def _directives(lines: list[str]) -> list[tuple[int, str, str]]:
-    """(line, lower-case key, value) of each parser directive: the top comment lines up to any other, even blank."""
-    found: list[tuple[int, str, str]] = []
-    for number, line in enumerate(lines, 1):
-        if not (match := _DIRECTIVE.match(line)):
-            break
-        found.append((number, match[1].lower(), match[2]))
+def _mount_problems(kind: str, values: Mapping[str, str], bare: set[str]) -> list[str]:
+    """BuildKit's checks on a whole mount."""
+    found = []
+    if kind in ("bind", "tmpfs"):
+        found += [f"{key} not allowed for {kind!r} type mounts" for key in ("mode", "uid", "gid") if key in values]
+    if kind == "secret":
+        if values.get("from"):
+            found.append("secret mount should not have a from")
+        if values.get("sharing"):
+            found.append("secret mount should not define sharing")
+        source = values.get("source") or values.get("src")
+        if not source and not any(values.get(key) for key in _TARGET) and not values.get("id"):
+            found.append("invalid secret mount. one of source, target required")
+        if source and values.get("id"):
+            found.append("both source and id can't be set")
+    if values.get("sharing") and kind != "cache":
+        found.append(f"invalid cache sharing set for {kind} mount")
+    if any(posixpath.normpath(values.get(key) or ".") == "/" for key in _TARGET):
+        found.append('invalid mount target "/"')
     return found
 
 
-def _raises(lines: list[str], message: str) -> bool:
+def _meant_json(cmd: str, rest: str) -> bool:
+    """Whether a shell-form value was surely meant as a JSON array: BuildKit runs it in a shell instead."""
+    rest = rest.strip()
+    if not rest.startswith("["):
+        return False
+    if cmd in ("COPY", "ADD", "VOLUME"):
+        return rest.endswith("]")  # `COPY [Mm]akefile /src/` is a glob; a whole value in brackets is an array
+    # `[ -f x ]` and `[[ -f x ]]` are shell tests; a quote right after `[`, or quoted items with commas, are JSON.
+    return rest[1:2] in ('"', "'", "]") or (rest.endswith("]") and re.search(r"[\"']\s*,", rest) is not None)
+
+
+def _json_error(text: str) -> str:
+    import json
+
     try:
-        dockerfile.parse_string("\n".join(lines))
-    except dockerfile.GoParseError as exc:
-        return str(exc) == message
-    return False
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return exc.msg.lower()
+    return "only strings are allowed"
 
 
-def _is_complete(line: str, escape: str) -> bool:
-    """Whether a line can end an instruction: not blank, not a comment, not continued on the next line."""
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith("#") and not stripped.endswith(escape)
+def _is_signal(value: str) -> bool:
+    """moby's signal.ParseSignal: a non-zero number, or a Linux signal name with or without SIG."""
+    if re.fullmatch(r"[+-]?[0-9]+", value):
+        return int(value) != 0
+    return value.upper().removeprefix("SIG") in _SIGNALS
 
 
-def _locate(lines: list[str], message: str, escape: str) -> tuple[int, int]:
-    """The first and last line of the instruction (or directive) that made the parser fail with `message`."""
-    if message.startswith(("invalid escape token", "only one ")):
-        key = "escape" if message.startswith("invalid") else message.split()[2]
-        numbers = [number for number, name, _ in _directives(lines) if name == key]
-        # An invalid escape is the first escape directive; "only one" is about the second of its kind.
-        line = numbers[min(0 if message.startswith("invalid") else 1, len(numbers) - 1)] if numbers else 1
-        return line, line
-    complete = [i for i, line in enumerate(lines, 1) if _is_complete(line, escape)]
-    if message == "unterminated heredoc":
-        # Every prefix from the opening line on fails like this, the one just before it does not. The opening
-        # line holds `<<`, so try those from the last: a `<<` in the unterminated body fails too.
-        openers = [number for number, line in enumerate(lines, 1) if "<<" in line]
-        end = next((number - 1 for number in reversed(openers) if not _raises(lines[: number - 1], message)), 0)
-        before = max((i for i in complete if i <= end), default=0)
-        first = _first_instruction_line(lines, before)
-        last = next((i for i in range(first + 1, len(lines) + 1) if _INSTRUCTION_LINE.match(lines[i - 1])), 0)
-        return first, (last - 1 if last else len(lines))
-    # A prefix ending on a complete line fails exactly when it holds the whole bad instruction (the parser stops at
-    # the first error), so bisect for the shortest such prefix: its last line ends the bad instruction.
-    if not complete or not _raises(lines[: complete[-1]], message):
-        last = len(lines)  # the bad instruction runs to the end of the file
-    else:
-        low, high = -1, len(complete) - 1
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if _raises(lines[: complete[middle]], message) else (middle, high)
-        last = complete[high]
-    before = max((i for i in complete if i < last), default=0)
-    return _first_instruction_line(lines, before), last
-
-
-def _first_instruction_line(lines: list[str], after: int) -> int:
-    numbers = range(after + 1, len(lines) + 1)
-    return next((number for number in numbers if lines[number - 1].strip()[:1] not in ("", "#")), max(after, 1))
-
-
-def _describe(message: str, line: str) -> str:
-    words = line.split()
-    keyword = words[0].upper() if words and not line.lstrip().startswith("#") else ""
-    if message == "unterminated heredoc":
-        names = [m[2] for m in _HEREDOC.finditer(line)] or ["EOF"]
-        return f"unterminated heredoc: {keyword} opens <<{names[-1]} but no line '{names[-1]}' closes it"
-    return f"{keyword}: {message}" if keyword and not message.startswith(keyword) else message
-
-
-def _check(
-    instructions: tuple[Instruction, ...], context: Path, build_args: Mapping[str, str], found: list[tuple[int, str]]
-) -> tuple[Stage, ...]:
-    """Checks on parsed instructions; returns the stages."""
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    # ARGs every build knows without declaring them; builds here are native, so they describe this machine.
-    scope: dict[str, str | None] = {"TARGETOS": "linux", "TARGETARCH": arch, "TARGETPLATFORM": f"linux/{arch}"}
-    scope |= {"BUILDOS": "linux", "BUILDARCH": arch, "BUILDPLATFORM": f"linux/{arch}"}
-    scope |= {"TARGETVARIANT": "", "BUILDVARIANT": ""}
-    stages: list[Stage] = []
-    seen_from = False
-    for ins in instructions:
-        if ins.cmd not in INSTRUCTIONS:
-            found.append((ins.start_line, f"unknown instruction {ins.cmd}{_did_you_mean(ins.cmd)}"))
-            continue
-        if not seen_from and ins.cmd not in ("ARG", "FROM"):
-            found.append((ins.start_line, f"{ins.cmd} before the first FROM: only ARG may come before FROM"))
-        if ins.cmd == "FROM":
-            seen_from = True
-            if stage := _stage(ins, scope, stages, found):
-                stages.append(stage)
-            continue
-        _check_arguments(ins, found)
-        if ins.cmd == "ARG" and not seen_from:
-            for name, equals, default in (token.partition("=") for token in ins.value):
-                if name in build_args:
-                    scope[name] = build_args[name]
-                else:
-                    scope[name] = _expand(default.strip("\"'"), scope)[0] if equals else None
-        if ins.cmd in ("COPY", "ADD"):
-            _check_sources(ins, context, found)
-    if not seen_from:
-        found.append((1, "no FROM instruction: a Systemfile starts FROM an image (e.g. FROM localhost/arkes:base)"))
-    _check_unused_stages(instructions, stages, found)
-    return tuple(stages)
-
-
-def _did_you_mean(word: str) -> str:
-    close = difflib.get_close_matches(word.upper(), sorted(INSTRUCTIONS), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _check_arguments(ins: Instruction, found: list[tuple[int, str]]) -> None:
-    value, line = ins.value, ins.start_line
-    minimum, what = _NEEDS[ins.cmd]
-    if len(value) < minimum and not (ins.json and ins.cmd in ("CMD", "ENTRYPOINT")):  # CMD [] clears CMD
-        found.append((line, f"{ins.cmd} needs {what}"))
-        return
-    if (ins.cmd in ("ENV", "LABEL") and "" in value[::2]) or (ins.cmd == "ARG" and any(v[:1] == "=" for v in value)):
-        found.append((line, f"{ins.cmd} has an empty name"))
-    if ins.cmd in _JSON_FORMS and not ins.json and value and _meant_json(ins.cmd, value[0]):
-        try:
-            json.loads(" ".join(value))
-            reason = "only strings are allowed"
-        except json.JSONDecodeError as exc:
-            reason = exc.msg.lower()
-        found.append((line, f'{ins.cmd}: malformed JSON array ({reason}); write it as ["a", "b"] in double quotes'))
-    elif ins.cmd == "SHELL" and not ins.json:
-        found.append((line, f"SHELL needs {what}"))
-    if ins.cmd == "HEALTHCHECK":
-        mode = value[0].upper()
-        if mode not in ("NONE", "CMD") or (mode == "CMD") != (len(value) > 1):
-            found.append((line, f"HEALTHCHECK needs {what}"))
-    if ins.cmd == "ONBUILD":
-        if value[0] not in INSTRUCTIONS:
-            found.append((line, f"ONBUILD: unknown instruction {value[0]}{_did_you_mean(value[0])}"))
-        elif value[0] in ("ONBUILD", "FROM", "MAINTAINER"):
-            found.append((line, f"ONBUILD: {value[0]} is not allowed as an ONBUILD trigger"))
-
-
-def _meant_json(cmd: str, first: str) -> bool:
-    if cmd not in ("RUN", "CMD", "ENTRYPOINT"):
-        return first.startswith("[")  # no path or SHELL program starts with "["
-    # In shell form `[` is the test command and is followed by a space; JSON is not, or holds quoted, comma-separated
-    # items up to a closing bracket.
-    return re.match(r"\[\S", first) is not None or (
-        first.startswith("[") and first.rstrip().endswith("]") and re.search(r"[\"']\s*,", first) is not None
-    )
-
-
-def _expand(word: str, scope: Mapping[str, str | None]) -> tuple[str, list[str]]:
-    """Substitute $X, ${X} and ${X:-default} as buildkit does; also return the names that had no value."""
-    unset: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match["braced"] or match["plain"]
-        value, op, alternative = scope.get(name), match["op"] or "", match["word"] or ""
-        is_set = value is not None and (value != "" or not op.startswith(":"))
-        if op.endswith("-"):
-            return value if is_set and value is not None else alternative
-        if op.endswith("+"):
-            return alternative if is_set else ""
-        if value is None:
-            unset.append(name)
-        return value or ""
-
-    return _VARIABLE.sub(substitute, word), unset
-
-
-def _stage(
-    ins: Instruction, scope: Mapping[str, str | None], stages: list[Stage], found: list[tuple[int, str]]
-) -> Stage | None:
-    words, line = ins.value, ins.start_line
-    if not words or words[0].upper() == "AS":
-        found.append((line, "FROM needs an image"))
-        return None
-    if len(words) == 2 and words[1].upper() == "AS":
-        found.append((line, "FROM ... AS needs a stage name"))
-        return None
-    if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
-        found.append((line, f"FROM takes an image and an optional AS name, not {' '.join(words)!r}"))
-        return None
-    base, unset = _expand(words[0], scope)
-    for name in unset:
-        if name in scope:
-            found.append((line, f"FROM uses ${name}, but ARG {name} has no default and no build argument sets it"))
-        else:
-            found.append((line, f"FROM uses ${name}, but no ARG {name} is declared before the first FROM"))
-    if not base and not unset:
-        found.append((line, f"FROM image {words[0]!r} is empty once ARGs are substituted"))
-    stage_name = words[2].lower() if len(words) == 3 else None
-    earlier = {s.name: s for s in stages if s.name}
-    if stage_name and not _STAGE_NAME.match(stage_name):
-        found.append((line, f"invalid stage name {stage_name!r}: use lower-case letters, digits, '-', '_' and '.'"))
-    elif stage_name in earlier:
-        found.append((line, f"duplicate stage name {stage_name!r} (first at line {earlier[stage_name].line})"))
-    return Stage(base, stage_name, line, external=base != "scratch" and base.lower() not in earlier)
-
-
-def _check_unused_stages(
-    instructions: tuple[Instruction, ...], stages: list[Stage], found: list[tuple[int, str]]
-) -> None:
-    """Every stage but the last should feed a later one; an unnamed stage nothing uses is a forgotten FROM."""
-    index = {stage.name: i for i, stage in enumerate(stages) if stage.name}
-    used = {index[s.base.lower()] for s in stages if not s.external and s.base != "scratch"}
-    for ins in instructions:
-        current = sum(1 for stage in stages if stage.line <= ins.start_line) - 1
-        sources = [f.partition("=")[2] for f in ins.flags if f.startswith("--from=")]
-        for mount in (f.removeprefix("--mount=") for f in ins.flags if f.startswith("--mount=")):
-            sources += [option[5:] for option in mount.split(",") if option.startswith("from=")]
-        for source in sources:
-            referenced = int(source) if source.isdigit() else index.get(source.lower(), current)
-            if referenced < current:
-                used.add(referenced)
-    for i, (stage, following) in enumerate(itertools.pairwise(stages)):
-        if i not in used and stage.name is None:
-            why = f"the stage from line {stage.line} has no AS name and nothing uses it, so its work is thrown away"
-            found.append((following.line, f"extra FROM: {why} (name it with AS and COPY --from it, or delete it)"))
-
-
-def _check_sources(ins: Instruction, context: Path, found: list[tuple[int, str]]) -> None:
-    if len(ins.value) < 2 or any(flag.startswith("--from=") for flag in ins.flags):
-        return
-    if not ins.json and ins.value[0].startswith("["):
-        return  # malformed JSON, already reported; its words are not paths
-    for source in ins.value[:-1]:
-        # Heredocs, URLs and sources built from variables cannot be checked against the context here.
-        if source.startswith("<<") or "$" in source or (ins.cmd == "ADD" and re.match(r"^(\w+://|git@)", source)):
-            continue
-        relative = posixpath.normpath(source)
-        if relative == ".." or relative.startswith("../"):
-            found.append((ins.start_line, f"{ins.cmd} source {source} is outside the build context {context}"))
-        elif glob.has_magic(relative):
-            if not glob.glob(relative.lstrip("/"), root_dir=context, include_hidden=True):
-                found.append((ins.start_line, f"{ins.cmd} source {source} matches nothing in the build context"))
-        elif not (context / relative.lstrip("/")).is_symlink() and not (context / relative.lstrip("/")).exists():
-            found.append((ins.start_line, f"{ins.cmd} source {source} does not exist in the build context {context}"))
-
-
-def _check_trailing_continuation(
-    instructions: tuple[Instruction, ...], lines: list[str], escape: str, found: list[tuple[int, str]]
-) -> None:
-    """The parser silently accepts a `\\` on the last line; the instruction it belongs to was surely meant to go on."""
-    last = next((i for i in range(len(lines), 0, -1) if lines[i - 1].strip()[:1] not in ("", "#")), 0)
-    if not last or not instructions or not lines[last - 1].rstrip().endswith(escape):
-        return
-    final = instructions[-1]
-    if final.start_line <= last <= final.end_line and "\n" not in final.original:  # heredocs end on their marker
-        found.append((final.start_line, f"{final.cmd}: line continuation '{escape}' on the last line of the file"))
+def _port_problem(port: str) -> str | None:
+    """BuildKit's EXPOSE check: [[ip:]hostport:]port[-port][/tcp|udp|sctp]."""
+    spec, _, proto = port.rpartition(":")[2].partition("/")
+    if not spec:
+        return "no port specified"
+    if proto.lower() not in ("", "tcp", "udp", "sctp"):
+        return f"invalid proto {proto!r}"
+    start, dash, end = spec.partition("-")
+    for number in (start, end) if dash else (start,):
+        if not number.isdigit() or int(number) > 65535:
+            return "a port is a number from 0 to 65535, or a range such as 8000-8100"
+    if dash and int(end) < int(start):
+        return "the range ends before it starts"
+    return None
