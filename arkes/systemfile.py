@@ -489,7 +489,7 @@ class _Checker:
             why = "BuildKit lower-cases stage names, the builder matches them exactly"
             self.warnings.append((line, f"stage name {written!r} is not in lower case ({why}); write {name!r}"))
         # BuildKit finds a FROM stage by the exact (lower-cased) name, Buildah by the name as written.
-        index = self._stage_index(base, line, "FROM", exact=True) if base else None
+        index = self._stage_index(base, line, f"FROM {base}", exact=True) if base else None
         env: Env = {"PATH": _DEFAULT_PATH} if base == "scratch" else {}
         complete = base == "scratch"
         if index is not None and index < len(self.states):
@@ -497,6 +497,10 @@ class _Checker:
         self.states.append(_StageState(len(self.states), written, line, env, complete))
         if index is not None and index < len(self.states) - 1:
             self.states[-1].references.append((index, line, f"FROM {base}"))
+        later = next((s for s in self._all_states()[len(self.states) :] if s.name and s.name.lower() == base), None)
+        if index is None and later is not None:
+            why = "a stage can only build on an earlier one; BuildKit and the builder look for an image of that name"
+            self.error(line, f"FROM {base}: names the stage defined later, at line {later.line}: {why}")
         external = base != "scratch" and index is None
         self.stages.append(Stage(base, name, line, external))
 
