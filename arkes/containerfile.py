@@ -42,17 +42,11 @@ def is_space(char: str) -> bool:
 
 
 def lstrip(text: str) -> str:
-    index = 0
-    while index < len(text) and is_space(text[index]):
-        index += 1
-    return text[index:]
+    return text[next((i for i, char in enumerate(text) if not is_space(char)), len(text)) :]
 
 
 def strip(text: str) -> str:
-    end = len(text)
-    while end and is_space(text[end - 1]):
-        end -= 1
-    return lstrip(text[:end])
+    return lstrip(text[: next((i for i in range(len(text), 0, -1) if not is_space(text[i - 1])), 0)])
 
 
 @dataclass(frozen=True)
@@ -164,8 +158,7 @@ class Lexer:
         self.escape, self.env, self.complete = escape, env or {}, complete
         self.raw_quotes, self.raw_escapes, self.skip_unset = raw_quotes, raw_escapes, skip_unset
         self.skip_quotes, self.heredoc_words = skip_quotes, heredoc_words
-        self.text, self.pos = "", 0
-        self.uncertain = False
+        self.text, self.pos, self.uncertain = "", 0, False
         self.unset: list[str] = []  # names used as $NAME or ${NAME} while unset
         self.plain_modifiers: set[str] = set()
 
@@ -227,6 +220,15 @@ class Lexer:
             return "".join(result), words.get()
         finally:
             self.raw_escapes = saved
+
+    def _until(self, stop: str, raw_escapes: bool, missing: str) -> str:
+        """The text up to `stop`; at the end of the text, BuildKit says what is missing instead."""
+        try:
+            return self._stop_on(stop, raw_escapes)[0]
+        except ShellError:
+            if not self._peek():
+                raise ShellError(missing) from None
+            raise
 
     def _single_quote(self) -> str:
         opening = self._next()
@@ -332,12 +334,7 @@ class Lexer:
             raise ShellError(f"unsupported modifier ({modifier}) in substitution")
         if null_is_unset and operator in ("#", "%"):
             raise ShellError(f"unsupported modifier (:{operator}) in substitution")
-        try:
-            word, _ = self._stop_on("}", operator in ("#", "%"))
-        except ShellError:
-            if not self._peek():
-                raise ShellError("syntax error: missing '}'") from None
-            raise
+        word = self._until("}", operator in ("#", "%"), "syntax error: missing '}'")
         if operator in "+-?" and not null_is_unset:
             self.plain_modifiers.add(f"${{{name}{operator}...}}")
         value, found, unknown = self._get(name)
@@ -366,18 +363,8 @@ class Lexer:
         replace_all = self._peek() == "/"
         if replace_all:
             self._next()
-        try:
-            pattern, _ = self._stop_on("/", True)
-        except ShellError:
-            if not self._peek():
-                raise ShellError("syntax error: missing '/' in ${}") from None
-            raise
-        try:
-            replacement, _ = self._stop_on("}", True)
-        except ShellError:
-            if not self._peek():
-                raise ShellError("syntax error: missing '}'") from None
-            raise
+        pattern = self._until("/", True, "syntax error: missing '/' in ${}")
+        replacement = self._until("}", True, "syntax error: missing '}'")
         value, found, unknown = self._get(name)
         if not found and (self.skip_unset or unknown):
             return f"${{{name}/{pattern}/{replacement}}}"

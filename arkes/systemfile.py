@@ -313,8 +313,9 @@ class _Checker:
         elif cmd in ("ENV", "LABEL"):
             values = [self._expand(ins, lexer, word) for word in ins.value]
             if cmd == "ENV" and state is not None:
-                names, settings = values[::2], values[1::2]
-                state.env |= {name: value for name, value in zip(names, settings, strict=True) if name is not None}
+                # A value that depends on the image is still set: keep it as written rather than call it unset.
+                settings = [value if value is not None else raw for value, raw in zip(values, ins.value, strict=True)]
+                state.env |= dict(zip(settings[::2], settings[1::2], strict=True))
         elif cmd == "ARG":
             self._arg(ins, state, lexer)
         elif cmd in ("WORKDIR", "USER", "VOLUME", "STOPSIGNAL", "EXPOSE"):
@@ -441,7 +442,9 @@ class _Checker:
                 self.builder(ins.start_line, f"ARG: a default for {name}, which the builder sets itself")
             value: str | None = None
             if equals:
-                value = self._expand(ins, lexer, default)  # BuildKit substitutes a default even if unused
+                # BuildKit substitutes a default even when a build argument replaces it.
+                value = self._expand(ins, lexer, default)
+                value = default if value is None else value
             if name in self.build_args:
                 value = str(self.build_args[name])
             elif not equals and state is not None:
@@ -672,6 +675,9 @@ class _Checker:
             self.builder(line, f"{where}: a {kind} mount without target=")
         if kind == "secret" and not values.get("id"):
             self.builder(line, f"{where}: a secret mount without id=")
+        if kind == "bind" and bare & {"rw", "readwrite"}:
+            why = "the builder lays an overlay on it, which fails inside the builder's container"
+            self.builder(line, f"{where}: a read-write bind mount ({why})")
         if kind == "ssh" and "required" in bare:
             self.builder(line, f"{where}: required without a value in an ssh mount (write required=true)")
         if values.get("from") and "$" not in values["from"]:

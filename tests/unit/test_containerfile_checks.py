@@ -45,14 +45,14 @@ VALID: dict[str, tuple[str, tuple[str, ...]]] = {
     "cache mount": (BASE + "RUN --mount=type=cache,target=/var/cache/apt,id=apt,sharing=locked apt-get update\n", ()),
     "cache mount options": (
         BASE + "RUN --mount=type=cache,dst=/c,sharing=shared,mode=0700,uid=1000,gid=1000,ro true\n"
-        "RUN --mount=type=cache,destination=/c,readwrite,source=/sub true\n",
+        "RUN --mount=type=cache,destination=/c,readwrite,source=/ true\n",
         (),
     ),
     "bind mounts": (
         "FROM localhost/arkes:base AS tools\n"
         + BASE
         + "RUN --mount=type=bind,from=tools,source=/usr/bin,target=/t,ro /t/true\n"
-        "RUN --mount=target=/src,rw --mount=type=bind,src=.,dst=/ctx,readonly true\n",
+        "RUN --mount=target=/src --mount=type=bind,src=.,dst=/ctx,readonly true\n",
         (),
     ),
     "tmpfs mount": (BASE + "RUN --mount=type=tmpfs,target=/tmp true\n", ()),
@@ -240,6 +240,7 @@ BUILDER_GAPS: list[tuple[str, str]] = [
     ("RUN --mount=type=secret,id=s,env=TOKEN true", "RUN --mount=type=secret,id=s,env=TOKEN: the key 'env'"),
     ("RUN --mount=type=secret,target=/s true", "RUN --mount=type=secret,target=/s: a secret mount without id="),
     ("RUN --mount=type=bind,target=/t,readonly=true true", "RUN --mount=type=bind,target=/t,readonly=true: a value"),
+    ("RUN --mount=type=bind,target=/t,rw true", "RUN --mount=type=bind,target=/t,rw: a read-write bind mount"),
     ("RUN --mount=type=bind,Target=/t true", "RUN --mount=type=bind,Target=/t: the key 'Target' in upper case"),
     ("RUN --mount=type=TMPFS,target=/t true", "RUN --mount=type=TMPFS,target=/t: the type 'TMPFS' in upper case"),
     ("RUN --mount=type=cache,id=x true", "RUN --mount=type=cache,id=x: a cache mount without target="),
