@@ -546,7 +546,7 @@ def extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
     return "", words
 
 
-def _json_array(rest: str) -> tuple[list[str] | None, str | None]:
+def json_array(rest: str) -> tuple[list[str] | None, str | None]:
     """(the strings of a JSON array, None) or (None, why it is not one); "" when it is an array of non-strings."""
     rest = lstrip(rest)
     if not rest.startswith("["):
@@ -763,7 +763,7 @@ class _Parser:
 
     def _maybe_json(self, cmd: str, rest: str, start: int) -> tuple[tuple[str, ...], bool]:
         """A JSON array of strings, else the shell form: one string, or whitespace-split words for ADD and COPY."""
-        items, why = _json_array(rest)
+        items, why = json_array(rest)
         if items is not None:
             return tuple(items), True
         if why == "":

@@ -23,32 +23,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arkes.containerfile import BUILDER, INSTRUCTIONS, Heredoc, Instruction, Lexer, Parsed, ShellError, parse_heredoc
+from arkes.containerfile import BUILDER, Lexer, Parsed, ShellError, json_array, parse_heredoc
+from arkes.containerfile import INSTRUCTIONS as INSTRUCTIONS  # re-exported with the model, as part of this API
+from arkes.containerfile import Heredoc as Heredoc
+from arkes.containerfile import Instruction as Instruction
 from arkes.containerfile import parse as parse_text
 from arkes.errors import UsageError, ValidationError
 
-__all__ = ["INSTRUCTIONS", "Heredoc", "Instruction", "Report", "Stage", "Systemfile", "check", "load", "problems"]
-
 # (minimum number of parsed arguments, what is missing) per instruction; FROM is checked on its own.
-_NEEDS: dict[str, tuple[int, str]] = {
-    "RUN": (1, "a command"),
-    "CMD": (1, "a command"),
-    "ENTRYPOINT": (1, "a command"),
-    "COPY": (2, "a source and a destination"),
-    "ADD": (2, "a source and a destination"),
-    "ENV": (2, "NAME=value"),
-    "LABEL": (2, "key=value"),
-    "WORKDIR": (1, "a directory"),
-    "USER": (1, "a user name or UID"),
-    "ARG": (1, "a name (ARG NAME or ARG NAME=default)"),
-    "EXPOSE": (1, "a port"),
-    "VOLUME": (1, "a path"),
-    "STOPSIGNAL": (1, "a signal"),
-    "MAINTAINER": (1, "a name"),
+_NEEDS: dict[str, tuple[int, str]] = dict.fromkeys(("RUN", "CMD", "ENTRYPOINT"), (1, "a command"))
+_NEEDS |= dict.fromkeys(("COPY", "ADD"), (2, "a source and a destination"))
+_NEEDS |= {"ENV": (2, "NAME=value"), "LABEL": (2, "key=value"), "WORKDIR": (1, "a directory")}
+_NEEDS |= {"USER": (1, "a user name or UID"), "ARG": (1, "a name (ARG NAME or ARG NAME=default)")}
+_NEEDS |= {"EXPOSE": (1, "a port"), "VOLUME": (1, "a path"), "STOPSIGNAL": (1, "a signal"), "MAINTAINER": (1, "a name")}
+_NEEDS |= {
     "SHELL": (1, 'a JSON array such as ["/bin/sh", "-c"]'),
     "HEALTHCHECK": (1, "NONE, or CMD followed by a command"),
-    "ONBUILD": (1, "an instruction to run in images built FROM this one"),
 }
+_NEEDS |= {"ONBUILD": (1, "an instruction to run in images built FROM this one")}
 _JSON_FORMS = frozenset({"RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME"})
 # The flags BuildKit's instructions/parse.go defines per instruction: "b"ool, "s"tring, or "m"any strings. Any
 # other instruction takes none, except ARG, STOPSIGNAL and HEALTHCHECK NONE, whose flags BuildKit never parses.
@@ -77,8 +69,7 @@ _BUILDER_MOUNT_KEYS = {
     "secret": {"type", "id", "required", "mode", "uid", "gid", *_TARGET},
     "ssh": {"type", "id", "required", "mode", "uid", "gid", *_TARGET},
 }
-_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
-_BOOL |= {"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_BOOL = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}  # Go's strconv.ParseBool
 _DURATION_UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
 _DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _SYMBOLIC_MODE = re.compile(r"[ugoa]*(?:[-+=][rwxXstugo]*)+(?:,[ugoa]*(?:[-+=][rwxXstugo]*)+)*")
@@ -134,10 +125,6 @@ class Report:
     errors: tuple[str, ...]
     warnings: tuple[str, ...]
     systemfile: Systemfile
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
 
 
 def check(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Report:
@@ -258,6 +245,7 @@ class _Checker:
         self.predefined |= {"TARGETVARIANT": "", "BUILDVARIANT": ""}
         self.meta: Env = dict(self.predefined)
         self.meta_declared: set[str] = set()
+        self.table: list[tuple[str | None, int]] = []
 
     def error(self, line: int, message: str) -> None:
         self.errors.append((line, message))
@@ -270,6 +258,13 @@ class _Checker:
         self.warnings += parsed.warnings
         self.errors += parsed.divergences
         self.escape, self.instructions = parsed.escape, parsed.instructions
+        # Every stage of the file, the later ones included, for references to them: (name as written, line).
+        self.table = [
+            (ins.value[2] if len(ins.value) == 3 else None, ins.start_line)
+            for ins in parsed.instructions
+            if ins.cmd == "FROM" and ins.value[:1] and ins.value[0].upper() != "AS"
+            if len(ins.value) == 1 or (len(ins.value) == 3 and ins.value[1].upper() == "AS")
+        ]
         for directive in parsed.directives:
             if directive.name == "check":
                 self._check_directive(directive.value.split(" ")[0], directive.line)
@@ -324,12 +319,16 @@ class _Checker:
             self.warnings.append((line, "MAINTAINER is deprecated: use LABEL org.opencontainers.image.authors=..."))
 
     def _lexer(self, state: _StageState | None) -> Lexer:
-        if state is None:
-            return Lexer(self.escape, self.meta)
-        return Lexer(self.escape, state.env, complete=state.complete)
+        return (
+            Lexer(self.escape, self.meta) if state is None else Lexer(self.escape, state.env, complete=state.complete)
+        )
 
     def _expand(self, ins: Instruction, lexer: Lexer, word: str, *, words: bool = False) -> str | None:
-        """A word with its variables substituted, as the build will; None when that fails or depends on the image."""
+        """A word with its variables substituted, as the build will; None when that fails or depends on the image.
+
+        Buildah substitutes with imagebuilder's own code, which lacks ${NAME-x} and friends (heredoc bodies, which
+        it substitutes with BuildKit's code, pass `skip_quotes` lexers and are spared that check).
+        """
         lexer.uncertain = False
         lexer.plain_modifiers.clear()
         try:
@@ -337,7 +336,7 @@ class _Checker:
         except ShellError as exc:
             self.error(ins.start_line, f"{ins.cmd}: {exc}")
             return None
-        for modifier in sorted(lexer.plain_modifiers):
+        for modifier in sorted(lexer.plain_modifiers if not lexer.skip_quotes else ()):
             self.builder(ins.start_line, f"{ins.cmd}: {modifier} without ':' (write ${{NAME:-...}})")
         return None if lexer.uncertain else result
 
@@ -357,9 +356,10 @@ class _Checker:
             name, equals, value = flag[2:].partition("=")
             kind = known.get(name)
             if kind is None:
-                what = f"{cmd} takes no flags" if not known else f"unknown flag --{name}"
-                close = _did_you_mean(name, sorted(known), "--") if known else ""
-                self.error(line, f"{cmd}: {what}{close}" + (f" (got {flag})" if not known else ""))
+                if known:
+                    self.error(line, f"{cmd}: unknown flag --{name}{_did_you_mean(name, sorted(known), '--')}")
+                else:
+                    self.error(line, f"{cmd} takes no flags, not {flag}")
                 continue
             if name in found and kind != "m":
                 self.error(line, f"{cmd}: duplicate flag --{name}")
@@ -394,7 +394,7 @@ class _Checker:
         if (cmd in ("ENV", "LABEL") and "" in value[::2]) or (cmd == "ARG" and any(v[:1] == "=" for v in value)):
             self.error(line, f"{cmd} has an empty name")
         if cmd in _JSON_FORMS and not ins.json and value and _meant_json(cmd, " ".join(value)):
-            reason = _json_error(" ".join(value))
+            reason = json_array(" ".join(value))[1] or "only strings are allowed"
             if reason != "extra data":  # text after a whole array: reported as a difference from the builder
                 self.error(line, f'{cmd}: malformed JSON array ({reason}); write it as ["a", "b"] in double quotes')
             return cmd not in ("COPY", "ADD", "VOLUME")
@@ -492,44 +492,36 @@ class _Checker:
             why = "BuildKit lower-cases stage names, the builder matches them exactly"
             self.warnings.append((line, f"stage name {written!r} is not in lower case ({why}); write {name!r}"))
         # BuildKit finds a FROM stage by the exact (lower-cased) name, Buildah by the name as written.
-        index = self._stage_index(base, line, f"FROM {base}", exact=True) if base else None
+        index = self._stage_index(base, line, f"FROM {base}", earlier_only=True) if base else None
         env: Env = {"PATH": _DEFAULT_PATH} if base == "scratch" else {}
         complete = base == "scratch"
-        if index is not None and index < len(self.states):
+        if index is not None:
             env, complete = dict(self.states[index].env), self.states[index].complete
         self.states.append(_StageState(len(self.states), written, line, env, complete))
-        if index is not None and index < len(self.states) - 1:
+        if index is not None:
             self.states[-1].references.append((index, line, f"FROM {base}"))
-        later = next((s for s in self._all_states()[len(self.states) :] if s.name and s.name.lower() == base), None)
+        later = next((at for named, at in self.table[len(self.states) :] if named and named.lower() == base), None)
         if index is None and later is not None:
             why = "a stage can only build on an earlier one; BuildKit and the builder look for an image of that name"
-            self.error(line, f"FROM {base}: names the stage defined later, at line {later.line}: {why}")
+            self.error(line, f"FROM {base}: names the stage defined later, at line {later}: {why}")
         external = base != "scratch" and index is None
         self.stages.append(Stage(base, name, line, external))
 
-    def _stage_index(self, reference: str, line: int, what: str, *, exact: bool = False) -> int | None:
-        """The index of the stage a name refers to (any stage for --from, an earlier one for FROM), or None."""
-        states = self.states if exact else self._all_states()
-        buildkit = next(
-            (s.index for s in states if s.name and s.name.lower() == (reference if exact else reference.lower())), None
-        )
-        buildah = next((s.index for s in states if s.name == reference), None)
+    def _stage_index(self, reference: str, line: int, what: str, *, earlier_only: bool = False) -> int | None:
+        """The index of the stage a reference names, or None for an image.
+
+        BuildKit lower-cases stage names and looks up FROM's image as written, a --from in lower case; Buildah
+        compares the names as written. Where the two disagree, the build would not do what BuildKit does.
+        """
+        table = self.table[: len(self.states)] if earlier_only else self.table
+        wanted = reference if earlier_only else reference.lower()
+        buildkit = next((i for i, (name, _) in enumerate(table) if name and name.lower() == wanted), None)
+        buildah = next((i for i, (name, _) in enumerate(table) if name == reference), None)
         if buildkit != buildah:
-            named = states[buildkit if buildkit is not None else buildah or 0].name
+            named = table[buildkit if buildkit is not None else buildah or 0][0]
             why = f"BuildKit and {BUILDER} disagree on whether that is the stage (one ignores case, one does not)"
             self.error(line, f"{what}: the stage is named {named!r}: {why}; write the name exactly as after AS")
         return buildkit
-
-    def _all_states(self) -> list[_StageState]:
-        """Every stage of the file, the ones not reached yet included, for references to them."""
-        found = list(self.states)
-        later = [
-            ins for ins in self.instructions if ins.cmd == "FROM" and ins.start_line > (found[-1].line if found else 0)
-        ]
-        for ins in later:
-            name = ins.value[2] if len(ins.value) == 3 and ins.value[1].upper() == "AS" else None
-            found.append(_StageState(len(found), name, ins.start_line, {}, False))
-        return found
 
     def _reference(self, state: _StageState | None, source: str, line: int, what: str) -> None:
         """Record a COPY --from or RUN --mount from= that names a stage (by name, or by index when `what` is COPY)."""
@@ -541,8 +533,8 @@ class _Checker:
             return
         if what.startswith("COPY") and re.fullmatch(r"[+-]?[0-9]+", source):
             index = int(source)
-            if not 0 <= index < len(self._all_states()):
-                self.error(line, f"{what}: invalid stage index {index} (the file has {len(self._all_states())} stages)")
+            if not 0 <= index < len(self.table):
+                self.error(line, f"{what}: invalid stage index {index} (the file has {len(self.table)} stages)")
                 return
         elif (found := self._stage_index(source, line, what)) is not None:
             index = found
@@ -566,7 +558,7 @@ class _Checker:
         for value in flags.get("chown", []) + flags.get("checksum", []):
             self._expand(ins, lexer, value)
         paths = [source for source in ins.value[:-1] if parse_heredoc(source) is None]
-        expanded = [self._expand(ins, lexer, word) for word in ins.value]
+        expanded = [self._expand(ins, lexer, word) for word in [*paths, ins.value[-1]]][:-1]
         for doc in ins.heredocs:
             if doc.expand:  # BuildKit substitutes variables in a COPY heredoc unless its delimiter is quoted
                 self._expand(ins, Lexer("\\", lexer.env, complete=lexer.complete, skip_quotes=True), doc.text)
@@ -580,7 +572,10 @@ class _Checker:
                 if _URL.match(source):
                     self.error(line, f"COPY source {source} is a URL or Git repository: COPY cannot fetch it, ADD can")
         if not flags.get("from") and "<<" not in ins.value and not _meant_json(cmd, " ".join(ins.value)):
-            self._check_sources(ins, [s for s, e in zip(paths, expanded, strict=False) if e is not None and s == e])
+            # A source built from variables depends on the build arguments of the real build: it is not checked.
+            self._check_sources(
+                ins, [e for s, e in zip(paths, expanded, strict=True) if e is not None and "$" not in s]
+            )
 
     def _chmod(self, cmd: str, mode: str, line: int) -> None:
         """BuildKit takes an octal mode up to 07777 or a symbolic one (u+x); Buildah only the octal one."""
@@ -594,9 +589,8 @@ class _Checker:
     def _check_sources(self, ins: Instruction, sources: list[str]) -> None:
         context, cmd, line = self.context, ins.cmd, ins.start_line
         for source in sources:
-            # URLs and sources built from variables cannot be checked against the context here.
-            if "$" in source or (cmd == "ADD" and _URL.match(source)):
-                continue
+            if cmd == "ADD" and _URL.match(source):
+                continue  # fetched at build time
             relative = posixpath.normpath(source)
             if relative == ".." or relative.startswith("../"):
                 self.error(line, f"{cmd} source {source} is outside the build context {context}")
@@ -706,28 +700,23 @@ class _Checker:
 
     def _check_stage_graph(self) -> None:
         """References to the own or a later stage are errors; an unnamed stage nothing uses is only a warning."""
-        later_uses: set[int] = set()
+        used: set[int] = set()
         for state in self.states:
             for index, line, what in state.references:
-                if index == state.index:
+                if index < state.index:
+                    used.add(index)
+                elif index == state.index:
                     self.error(line, f"{what}: names its own stage (circular dependency)")
-                elif index > state.index:
-                    cycle = (
-                        " and that stage depends on this one (circular dependency)"
-                        if self._reaches(index, state.index)
-                        else ""
-                    )
-                    self.error(
-                        line, f"{what}: names a later stage; a stage can only use stages defined before it{cycle}"
-                    )
                 else:
-                    later_uses.add(index)
+                    why = "a stage can only use stages defined before it"
+                    if self._reaches(index, state.index):
+                        why += " and that stage depends on this one (circular dependency)"
+                    self.error(line, f"{what}: names a later stage; {why}")
         for stage, following in itertools.pairwise(self.states):
-            if stage.index not in later_uses and stage.name is None:
+            if stage.index not in used and stage.name is None:
                 why = f"the stage from line {stage.line} has no AS name and nothing uses it, so BuildKit skips it"
-                self.warnings.append(
-                    (following.line, f"extra FROM: {why} (name it with AS and COPY --from it, or delete it)")
-                )
+                hint = "name it with AS and COPY --from it, or delete it"
+                self.warnings.append((following.line, f"extra FROM: {why} ({hint})"))
 
     def _reaches(self, start: int, goal: int) -> bool:
         seen, todo = set(), [start]
@@ -806,16 +795,6 @@ def _meant_json(cmd: str, rest: str) -> bool:
         return rest.endswith("]")  # `COPY [Mm]akefile /src/` is a glob; a whole value in brackets is an array
     # `[ -f x ]` and `[[ -f x ]]` are shell tests; a quote right after `[`, or quoted items with commas, are JSON.
     return rest[1:2] in ('"', "'", "]") or (rest.endswith("]") and re.search(r"[\"']\s*,", rest) is not None)
-
-
-def _json_error(text: str) -> str:
-    import json
-
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as exc:
-        return exc.msg.lower()
-    return "only strings are allowed"
 
 
 def _is_signal(value: str) -> bool:
