@@ -317,6 +317,13 @@ class _Checker:
             self._simple(ins, lexer)
         elif cmd == "MAINTAINER":
             self.warnings.append((line, "MAINTAINER is deprecated: use LABEL org.opencontainers.image.authors=..."))
+        elif cmd == "SHELL" and ins.json:
+            why = (
+                "it writes OCI images, where SHELL is dropped, and RUN goes on using /bin/sh -c; run the shell yourself"
+            )
+            self.builder(line, f"SHELL ({why})")
+        if cmd in ("HEALTHCHECK", "ONBUILD"):
+            self.warnings.append((line, f"{cmd} has no effect: {BUILDER} writes OCI images, which cannot hold it"))
 
     def _lexer(self, state: _StageState | None) -> Lexer:
         return (

@@ -102,7 +102,7 @@ VALID: dict[str, tuple[str, tuple[str, ...]]] = {
     "substitution set by a build argument": ("ARG TAG\nFROM localhost/arkes:${TAG:?no-tag}\n", ()),
     "platform": ("FROM --platform=$BUILDPLATFORM localhost/arkes:base\n", ()),
     "expose and stopsignal": (BASE + "EXPOSE 80 443/tcp 8000-8010/udp\nSTOPSIGNAL SIGRTMIN+3\nSTOPSIGNAL 9\n", ()),
-    "json forms": (BASE + 'CMD ["/sbin/init"]\nENTRYPOINT []\nSHELL ["/bin/bash", "-c"]\nVOLUME ["/data"]\n', ()),
+    "json forms": (BASE + 'CMD ["/sbin/init"]\nENTRYPOINT []\nVOLUME ["/data"]\nRUN ["/bin/true"]\n', ()),
     "onbuild": (BASE + "ONBUILD COPY . /src\nONBUILD RUN make\n", ()),
     "maintainer": (BASE + "MAINTAINER someone\n", ()),
 }
@@ -127,6 +127,7 @@ def test_valid_files_give_warnings_where_buildkit_does(tmp_path: Path) -> None:
     warned = check(tmp_path, BASE + "HEALTHCHECK --interval=5s NONE\nARG --x A\nRUN a \\\n\n  b\n").warnings
     assert strip(tmp_path, warned) == [
         "2: HEALTHCHECK ignores flags: --interval=5s has no effect",
+        "2: HEALTHCHECK has no effect: the builder (Buildah 1.39) writes OCI images, which cannot hold it",
         "3: ARG ignores flags: --x has no effect",
         "5: RUN: empty continuation line (BuildKit warns that a future release will refuse it)",
     ]
@@ -248,6 +249,7 @@ BUILDER_GAPS: list[tuple[str, str]] = [
     ("ENV A=${B-x}", "ENV: ${B-...} without ':' (write ${NAME:-...})"),
     ("ARG TARGETPLATFORM=linux/amd64", "ARG: a default for TARGETPLATFORM, which the builder sets itself"),
     ("RUN <<EOF\n#!/bin/sh\necho hi\nEOF", "RUN <<EOF: a heredoc script that starts with #!"),
+    ('SHELL ["/bin/bash", "-c"]', "SHELL (it writes OCI images, where SHELL is dropped, and RUN goes on using /bin/sh"),
 ]
 
 

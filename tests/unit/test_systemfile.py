@@ -581,3 +581,22 @@ def test_base_image_of_single_stage(tmp_path: Path) -> None:
     loaded = systemfile.load(write(tmp_path, "FROM localhost/arkes:base\nRUN true\n"))
     assert loaded.base_image == "localhost/arkes:base"
     assert loaded.external_images == ("localhost/arkes:base",)
+
+
+def test_the_grammar_is_our_own() -> None:
+    # The compiled `dockerfile` wheel (BuildKit v0.12.5, cp311 only) is gone: Python 3.13 in the image runs os check.
+    import sys
+
+    import arkes.containerfile
+
+    sources = Path(systemfile.__file__).read_text() + Path(arkes.containerfile.__file__).read_text()
+    assert "import dockerfile" not in sources and "dockerfile" not in sys.modules
+
+
+def test_report_has_errors_and_warnings_apart(tmp_path: Path) -> None:
+    path = write(tmp_path, "FROM fedora\nMAINTAINER me\nFROM localhost/arkes:base\nRUNN x\n")
+    report = systemfile.check(path)
+    assert report.errors == (f"{path}:4: unknown instruction RUNN (did you mean RUN?)",)
+    assert [w.split(": ")[1] for w in report.warnings] == ["MAINTAINER is deprecated", "extra FROM"]
+    assert report.systemfile.base_image == "localhost/arkes:base"
+    assert systemfile.problems(path) == list(report.errors) and systemfile.warnings(path) == list(report.warnings)
