@@ -318,10 +318,8 @@ class _Checker:
         elif cmd == "MAINTAINER":
             self.warnings.append((line, "MAINTAINER is deprecated: use LABEL org.opencontainers.image.authors=..."))
         elif cmd == "SHELL" and ins.json:
-            why = (
-                "it writes OCI images, where SHELL is dropped, and RUN goes on using /bin/sh -c; run the shell yourself"
-            )
-            self.builder(line, f"SHELL ({why})")
+            why = "it writes OCI images, which have no SHELL, and RUN keeps using /bin/sh -c; call the shell in RUN"
+            self.error(line, f"SHELL: {BUILDER} drops it ({why})")
         if cmd in ("HEALTHCHECK", "ONBUILD"):
             self.warnings.append((line, f"{cmd} has no effect: {BUILDER} writes OCI images, which cannot hold it"))
 
@@ -621,7 +619,7 @@ class _Checker:
         for mount in flags.get("mount", []):
             self._mount(ins, mount, state, lexer)
         if ins.heredocs and parse_heredoc(ins.value[0]) is not None and ins.heredocs[0].text.startswith("#!"):
-            why = "it cannot open the script under chroot isolation; pipe it to the program instead: RUN python3 <<EOF"
+            why = "under chroot isolation the builder cannot open the script; feed it to its program: RUN python3 <<EOF"
             self.builder(line, f"RUN <<{ins.heredocs[0].name}: a heredoc script that starts with #! ({why})")
 
     def _mount(self, ins: Instruction, raw: str, state: _StageState | None, lexer: Lexer) -> None:
