@@ -558,6 +558,8 @@ def json_array(rest: str) -> tuple[list[str] | None, str | None]:
     try:
         parsed = json.loads(rest, parse_constant=refuse)
     except ValueError as exc:
+        if re.search(r",\s*\]", rest):  # Python 3.11 says "expecting value" here, 3.13 names the comma
+            return None, "a trailing comma"
         return None, exc.msg.lower() if isinstance(exc, json.JSONDecodeError) else str(exc)
     if not isinstance(parsed, list):
         return None, "not a JSON array"

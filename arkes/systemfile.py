@@ -71,7 +71,7 @@ _BUILDER_MOUNT_KEYS = {
 }
 _BOOL = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}  # Go's strconv.ParseBool
 _DURATION_UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
-_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 _SYMBOLIC_MODE = re.compile(r"[ugoa]*(?:[-+=][rwxXstugo]*)+(?:,[ugoa]*(?:[-+=][rwxXstugo]*)+)*")
 _SIGNALS = {"ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE"}
 _SIGNALS |= {"POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN"}
@@ -207,14 +207,10 @@ def _duration(text: str) -> float | None:
     body = text[1:] if text[:1] in "+-" else text
     if body == "0":
         return 0.0
-    total, pos = 0.0, 0
-    while pos < len(body):
-        match = _DURATION.match(body, pos)
-        if not match or match[1] in ("", "."):
-            return None
-        total += float(match[1] if match[1][:1] != "." else "0" + match[1]) * _DURATION_UNITS[match[2]]
-        pos = match.end()
-    return (-total if text.startswith("-") else total) if body else None
+    if not re.fullmatch(f"(?:{_DURATION.pattern})+", body):
+        return None
+    total = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION.findall(body))
+    return -total if text[:1] == "-" else total
 
 
 @dataclass
@@ -240,9 +236,8 @@ class _Checker:
         self.escape = "\\"
         arch = _ARCH.get(platform.machine(), platform.machine())
         # ARGs every build knows without declaring them; builds here are native, so they describe this machine.
-        self.predefined: dict[str, str] = {"TARGETOS": "linux", "TARGETARCH": arch, "TARGETPLATFORM": f"linux/{arch}"}
-        self.predefined |= {"BUILDOS": "linux", "BUILDARCH": arch, "BUILDPLATFORM": f"linux/{arch}"}
-        self.predefined |= {"TARGETVARIANT": "", "BUILDVARIANT": ""}
+        values = {"OS": "linux", "ARCH": arch, "PLATFORM": f"linux/{arch}", "VARIANT": ""}
+        self.predefined = {kind + key: value for kind in ("TARGET", "BUILD") for key, value in values.items()}
         self.meta: Env = dict(self.predefined)
         self.meta_declared: set[str] = set()
         self.table: list[tuple[str | None, int]] = []
