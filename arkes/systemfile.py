@@ -375,7 +375,7 @@ class _Checker:
             elif not equals:
                 self.error(line, f"{cmd}: flag --{name} is missing a value (write --{name}=VALUE)")
                 continue
-            elif not value and name in ("chown", "from", "exclude", "checksum", "network", "mount"):
+            elif not value and name in ("chown", "from", "exclude", "checksum", "mount"):
                 self.builder(line, f"{cmd} --{name}= with an empty value")
             if (cmd, name) in _UNSUPPORTED or ((cmd, name) in _UNSUPPORTED_TRUE and value == "true"):
                 self.builder(line, f"{cmd} --{name}")
@@ -441,13 +441,12 @@ class _Checker:
             if equals and name in ("TARGETPLATFORM", "BUILDPLATFORM"):
                 self.builder(ins.start_line, f"ARG: a default for {name}, which the builder sets itself")
             value: str | None = None
-            if equals:
-                # BuildKit substitutes a default even when a build argument replaces it.
+            if name in self.build_args:  # BuildKit then leaves the default alone, even an erroneous one
+                value = str(self.build_args[name])
+            elif equals:
                 value = self._expand(ins, lexer, default)
                 value = default if value is None else value
-            if name in self.build_args:
-                value = str(self.build_args[name])
-            elif not equals and state is not None:
+            elif state is not None:
                 value = self.meta.get(name) if name in self.meta_declared else self.predefined.get(name)
             if state is None:
                 self.meta_declared.add(name)

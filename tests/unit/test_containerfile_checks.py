@@ -99,7 +99,10 @@ VALID: dict[str, tuple[str, tuple[str, ...]]] = {
         BASE + 'ARG V=1.2\nENV A=${V:-0} B=${V:+set} C=${V%.*} D="${V:?needs V}"\nWORKDIR /opt/$V\nUSER ${U:-root}\n',
         (),
     ),
-    "substitution set by a build argument": ("ARG TAG\nFROM localhost/arkes:${TAG:?no-tag}\n", ()),
+    "substitution set by a build argument": (
+        'ARG FOO=${FOO:?"custom error"}\nARG TAG\nFROM localhost/arkes:${TAG:?no-tag}\nARG FOO=${FOO:?x}\n',
+        (),
+    ),
     "platform": ("FROM --platform=$BUILDPLATFORM localhost/arkes:base\n", ()),
     "expose and stopsignal": (BASE + "EXPOSE 80 443/tcp 8000-8010/udp\nSTOPSIGNAL SIGRTMIN+3\nSTOPSIGNAL 9\n", ()),
     "json forms": (BASE + 'CMD ["/sbin/init"]\nENTRYPOINT []\nVOLUME ["/data"]\nRUN ["/bin/true"]\n', ()),
@@ -111,7 +114,7 @@ VALID: dict[str, tuple[str, tuple[str, ...]]] = {
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_valid(tmp_path: Path, name: str) -> None:
     text, files = VALID[name]
-    build_args = {"TAG": "base"} if name == "substitution set by a build argument" else None
+    build_args = {"TAG": "base", "FOO": "bar"} if name == "substitution set by a build argument" else None
     for each in files:
         (tmp_path / each).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / each).write_text("x\n")
