@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import __version__, images, lint, log, podman, systemfile, tree
+from arkes import __version__, builder, builderfile, images, lint, log, podman, systemfile, tree
 from arkes.errors import UsageError
 from arkes.ostree import BUILD_REF, Sysroot
 from arkes.ostree import META_BASE_DIGEST as META_BASE_DIGEST
@@ -132,21 +133,34 @@ def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
     return f"{day}.{serial + 1}"
 
 
-def build(sysroot: Sysroot, p: Plan) -> Result:
-    """Build the image, rewrite and check its tree, and commit it (moving BUILD_REF). Deploys nothing."""
+def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = None) -> Result:
+    """Build the image, rewrite and check its tree, and commit it (moving BUILD_REF). Deploys nothing.
+
+    `secrets` (id → file) reach `RUN --mount=type=secret` only: they are in no layer and no input of the hash.
+    """
     labels = {
         "org.arkes.input-hash": p.input_hash,
         "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
         "org.arkes.base-image": p.base_image,
         "org.arkes.base-digest": p.base_digest,
     }
-    with log.step("build") as progress:
-        podman.build(
-            p.systemfile.path,
+    the_builder = builder.resolve(images.BASE, images.cache_dir())
+    if not the_builder.native and images.BASE not in p.base_digests:
+        images.ensure(images.BASE)  # the builder itself, for a Systemfile FROM some other image
+    with tempfile.TemporaryDirectory(prefix="arkes-build-") as tmp, log.step("build") as progress:
+        # The builder reads the Systemfile in the syntax it knows (same lines, same result: see builderfile).
+        translated = builderfile.translate(p.systemfile, p.context, Path(tmp) / "contexts")
+        containerfile = Path(tmp) / "Systemfile"
+        containerfile.write_text(translated.text)
+        builder.build(
+            the_builder,
+            containerfile,
             p.context,
             p.tag,
             labels=labels,
-            on_step=lambda n, total, what: progress.update((n - 1) / total, f"step {n}/{total}: {what[:70]}"),
+            secrets=secrets,
+            contexts=translated.contexts,
+            on_step=lambda fraction, label: progress.update(fraction, label[:90]),
             nice=True,
         )
     version = next_version(sysroot)

@@ -61,6 +61,20 @@ def _systemfile_arg(args: argparse.Namespace) -> Path | None:
     return Path(args.systemfile) if getattr(args, "systemfile", None) else None
 
 
+def _secrets_arg(args: argparse.Namespace) -> dict[str, Path]:
+    """`--secret ID=FILE` (or Podman's `id=ID,src=FILE`): files `RUN --mount=type=secret,id=ID` reads."""
+    secrets: dict[str, Path] = {}
+    for given in getattr(args, "secret", None) or []:
+        fields = dict(f.partition("=")[::2] for f in given.split(",")) if given.startswith("id=") else {}
+        name, path = (fields.get("id", ""), fields.get("src", "")) if fields else given.partition("=")[::2]
+        if not name or not path:
+            raise UsageError(f"--secret {given}: give ID=FILE (or id=ID,src=FILE)")
+        if not Path(path).is_file():
+            raise UsageError(f"--secret {given}: {path} is not a readable file")
+        secrets[name] = Path(path).absolute()
+    return secrets
+
+
 # --- verbs ----------------------------------------------------------------------------------------------------
 
 
@@ -75,12 +89,23 @@ def cli_check(args: argparse.Namespace) -> int:
         path = Path("Systemfile")  # a Systemfile being written in the current directory
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    problems = systemfile.problems(path)
+    report = systemfile.check(path)
+    problems, warnings = list(report.errors), list(report.warnings)
     if args.json:
-        emit({"apiVersion": status.API_VERSION, "path": str(path), "valid": not problems, "problems": problems})
+        emit(
+            {
+                "apiVersion": status.API_VERSION,
+                "path": str(path),
+                "valid": not problems,
+                "problems": problems,
+                "warnings": warnings,
+            }
+        )
     else:
         for problem in problems:
             print(problem)
+        for warning in warnings:
+            log.warn(warning)
         if not problems:
             log.info(f"{path}: valid")
     return 2 if problems else 0
@@ -118,6 +143,7 @@ def cli_install(args: argparse.Namespace) -> int:
             systemfile=_systemfile_arg(args),
             root_password=password,
             wipe=args.wipe,
+            secrets=_secrets_arg(args),
         )
         log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) to {args.disk}")
         if args.json:
@@ -126,7 +152,7 @@ def cli_install(args: argparse.Namespace) -> int:
     path = target_path(args)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
-    outcome = deploy.install(path, _systemfile_arg(args))
+    outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
     log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) into {path}")
     if args.json:
         emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
@@ -149,7 +175,9 @@ def _outcome(args: argparse.Namespace, outcome: Outcome) -> None:
 def cli_build(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    outcome = deploy.upgrade(open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False)
+    outcome = deploy.upgrade(
+        open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False, secrets=_secrets_arg(args)
+    )
     _outcome(args, outcome)
     if not args.json:
         print(outcome.checksum)
@@ -162,7 +190,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
     if args.check:
         return cli_checkupdates(args)
     sysroot = open_target(args, writes=True)
-    outcome = deploy.upgrade(sysroot, _systemfile_arg(args), deploy=not args.download_only)
+    outcome = deploy.upgrade(sysroot, _systemfile_arg(args), deploy=not args.download_only, secrets=_secrets_arg(args))
     _outcome(args, outcome)
     if args.download_only and not outcome.up_to_date:
         log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
@@ -409,6 +437,13 @@ def parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="the Systemfile to build (its directory is the build context); "
             "default: the system's /etc/system/Systemfile",
+        )
+        sub.add_argument(
+            "--secret",
+            action="append",
+            metavar="ID=FILE",
+            help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
+            "and not an input of the build: a changed secret alone does not rebuild",
         )
 
     sub = verb(

@@ -625,11 +625,8 @@ class _Parser:
         if value not in ("\\", "`"):
             self.errors.append((number, f"invalid escape token '{value}' does not match ` or \\"))
             return
+        # The builder honours `# escape=` only on the first line; arkes.builderfile moves it there.
         self.escape, self.continuation = value, self._continuation_regex(value)
-        if number > 1 and value != "\\":
-            self.divergences.append(
-                (number, f"{BUILDER} honours '# escape=' only on the first line: move it above the other directives")
-            )
 
     def _trim(self, token: str, number: int) -> tuple[str, bool]:
         """Remove a line continuation; (the line, whether the instruction ends here)."""

@@ -8,7 +8,7 @@ previous deployment bootable and default.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +109,7 @@ def install(
     *,
     mountpoints: tuple[str, ...] = (),
     customize: Callable[[Path], None] | None = None,
+    secrets: Mapping[str, Path] | None = None,
 ) -> Outcome:
     """Initialize an empty directory as a sysroot and deploy the Systemfile's system into it.
 
@@ -127,7 +128,7 @@ def install(
     try:
         sysroot = Sysroot.initialize(path)
         with sysroot.lock():
-            result = build.build(sysroot, p)
+            result = build.build(sysroot, p, secrets=secrets)
             _deploy(sysroot, result, install_kargs or [], copy=True, customize=customize)
     except BaseException:
         # An install that did not finish leaves nothing behind: the directory was empty or absent.
@@ -167,7 +168,14 @@ def resolve_systemfile(sysroot: Sysroot, systemfile: Path | None) -> Path:
     return path
 
 
-def upgrade(sysroot: Sysroot, systemfile: Path | None, *, deploy: bool, reuse: bool = True) -> Outcome:
+def upgrade(
+    sysroot: Sysroot,
+    systemfile: Path | None,
+    *,
+    deploy: bool,
+    reuse: bool = True,
+    secrets: Mapping[str, Path] | None = None,
+) -> Outcome:
     """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
 
     With reuse, inputs equal to the default deployment's mean "up to date", and a commit already built from the
@@ -186,7 +194,7 @@ def upgrade(sysroot: Sysroot, systemfile: Path | None, *, deploy: bool, reuse: b
                 return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         result = _downloaded(sysroot, p) if reuse else None
         if result is None:
-            result = build.build(sysroot, p)
+            result = build.build(sysroot, p, secrets=secrets)
         elif deploy:
             log.info(f"deploying version {result.version}, built earlier by `os upgrade --download-only`")
         else:

@@ -14,7 +14,7 @@ import re
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +145,7 @@ def install_disk(
     systemfile: Path | None = None,
     root_password: str | None,
     wipe: bool = False,
+    secrets: Mapping[str, Path] | None = None,
 ) -> deploy.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
     # A Systemfile with errors is refused before the disk is touched.
@@ -163,14 +164,16 @@ def install_disk(
             with open(disk, "wb") as f:
                 f.truncate(parse_size(size))
         run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
-        return _install_partitions(disk, systemfile, root_password)
+        return _install_partitions(disk, systemfile, root_password, secrets)
     except BaseException:
         if created:
             disk.unlink(missing_ok=True)
         raise
 
 
-def _install_partitions(disk: Path, systemfile: Path | None, root_password: str | None) -> deploy.Outcome:
+def _install_partitions(
+    disk: Path, systemfile: Path | None, root_password: str | None, secrets: Mapping[str, Path] | None
+) -> deploy.Outcome:
     parts = read_partitions(disk)
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
     esp_id = uuid.uuid4().hex[:8].upper()
@@ -201,6 +204,7 @@ def _install_partitions(disk: Path, systemfile: Path | None, root_password: str 
             [f"root=UUID={uuids['root']}", "rw"],
             mountpoints=("boot",),
             customize=customize,
+            secrets=secrets,
         )
         copy_base_image(root)
         with log.step("sync"):

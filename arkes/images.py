@@ -8,7 +8,6 @@ Downloaded packages are kept in a cache outside the checkout so a rebuild does n
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -16,15 +15,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import __version__, log, podman, run
+from arkes import __version__, builder, log, podman, run
 from arkes.errors import ArkesError
 
 ROOTFS = "localhost/arkes:rootfs"
 BASE = "localhost/arkes:base"
 INPUTS_LABEL = "org.arkes.inputs"
-SUITE = "bookworm"
+SUITE = "trixie"
+# The distribution's suites: the release, its point-release updates and its security fixes.
+SUITES = (SUITE, f"{SUITE}-updates", f"{SUITE}-security")
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Debian's archive keyring: Debian 12 hosts have the Debian 13 keys in it too, so they can bootstrap trixie.
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Bump when the bootstrap recipe below changes in a way the inputs do not show.
-RECIPE = "3"
+RECIPE = "4"
 
 
 def image_dir() -> Path:
@@ -46,16 +51,21 @@ def default_systemfile() -> Path:
     return image_dir() / "base/overlay/etc/system/Systemfile"
 
 
-def apt_sources() -> Path | None:
-    """The mirror to bootstrap from: ARKES_APT_SOURCES, else this machine's own Debian sources."""
+def apt_sources_text() -> str:
+    """The image's apt sources (deb822): ARKES_APT_SOURCES names a file to use instead, e.g. a local mirror.
+
+    They do not come from the build host: a Debian 12 host bootstraps the Debian 13 image, and the image keeps
+    these sources, so `install_packages` and package updates use the distribution's own suites.
+    """
     configured = os.environ.get("ARKES_APT_SOURCES")
     if configured:
-        return Path(configured)
-    for candidate in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
-        path = Path(candidate)
-        if path.is_file() and path.stat().st_size > 0:
-            return path
-    return None
+        return Path(configured).read_text()
+    mirror = os.environ.get("ARKES_MIRROR", MIRROR)
+    security = os.environ.get("ARKES_SECURITY_MIRROR", SECURITY_MIRROR)
+    return (
+        f"Types: deb\nURIs: {mirror}\nSuites: {SUITES[0]} {SUITES[1]}\nComponents: main\nSigned-By: {KEYRING}\n\n"
+        f"Types: deb\nURIs: {security}\nSuites: {SUITES[2]}\nComponents: main\nSigned-By: {KEYRING}\n"
+    )
 
 
 def _hash_files(digest: hashlib._Hash, base: Path, paths: Iterable[Path]) -> None:
@@ -81,9 +91,7 @@ def packages() -> list[str]:
 def rootfs_inputs() -> str:
     digest = hashlib.sha256(f"rootfs {RECIPE} {SUITE}\n".encode())
     _hash_files(digest, image_dir(), _tree_files(image_dir() / "rootfs"))
-    sources = apt_sources()
-    if sources is not None:
-        digest.update(sources.read_bytes())
+    digest.update(apt_sources_text().encode())
     return digest.hexdigest()
 
 
@@ -92,23 +100,11 @@ def _tool_files() -> tuple[Path, list[Path]]:
     return package.parent, sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def _vendored() -> list[Path]:
-    """Python modules the tool needs beyond the distribution's Python: copied into base as they are."""
-    spec = importlib.util.find_spec("dockerfile")
-    if spec is None or spec.origin is None:
-        raise ArkesError("the Python module `dockerfile` is missing", hint="run `make setup`")
-    origin = Path(spec.origin)
-    return sorted(p for p in origin.parent.glob("dockerfile*") if p.is_file())
-
-
 def base_inputs() -> str:
     digest = hashlib.sha256(f"base {__version__}\n".encode())
     _hash_files(digest, image_dir(), _tree_files(image_dir() / "base"))
     root, files = _tool_files()
     _hash_files(digest, root, files)
-    for path in _vendored():
-        digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(podman.image_digest(ROOTFS).encode())
     return digest.hexdigest()
 
@@ -163,7 +159,7 @@ def is_ours(ref: str) -> bool:
 
 def build_rootfs(inputs: str) -> None:
     """mmdebstrap the package list into a tarball (kept in the cache, keyed by inputs) and import it."""
-    debs = cache_dir() / "debs"
+    debs = cache_dir() / "debs" / SUITE
     debs.mkdir(parents=True, exist_ok=True)
     tarball = cache_dir() / f"rootfs-{inputs[:16]}.tar"
     if not tarball.is_file():
@@ -181,6 +177,9 @@ def build_rootfs(inputs: str) -> None:
 def _bootstrap(tarball: Path, debs: Path) -> None:
     dracut_conf = image_dir() / "rootfs/dracut.conf"
     partial = tarball.with_suffix(".partial")
+    # mmdebstrap takes a file of sources in place of a mirror, in deb822 form when its name ends in .sources.
+    sources = tarball.with_suffix(".sources")
+    sources.write_text(apt_sources_text())
     # Hooks run in a shell with the target as $1; our paths reach them through the environment, not the text.
     setup = (
         'mkdir -p "$1/var/cache/apt/archives" "$1/usr/lib/dracut/dracut.conf.d" "$1/etc/kernel" && '
@@ -203,10 +202,8 @@ def _bootstrap(tarball: Path, debs: Path) -> None:
         "--format=tar",
         SUITE,
         partial,
+        sources,
     ]
-    sources = apt_sources()
-    if sources is not None:
-        argv.append(sources)
     env = {"ARKES_DEBS": os.fspath(debs), "ARKES_DRACUT_CONF": os.fspath(dracut_conf)}
     phases = (
         "running apt-get update",
@@ -218,7 +215,7 @@ def _bootstrap(tarball: Path, debs: Path) -> None:
         "creating tarball",
         "success",
     )
-    with log.step(f"bootstrap {ROOTFS} from Debian {SUITE}") as progress:
+    with log.step(f"bootstrap {ROOTFS} from Debian {SUITE} ({', '.join(SUITES)})") as progress:
 
         def on_line(line: str) -> None:
             for i, phase in enumerate(phases):
@@ -230,11 +227,14 @@ def _bootstrap(tarball: Path, debs: Path) -> None:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        finally:
+            sources.unlink(missing_ok=True)
         partial.rename(tarball)
 
 
 def build_base(inputs: str) -> None:
-    """Build base from its Containerfile, with the tool and its Python dependencies in the build context."""
+    """Build base from its Containerfile, with the tool in the build context (it needs nothing beyond the
+    distribution's Python and PyGObject)."""
     with tempfile.TemporaryDirectory(prefix="arkes-base-") as tmp:
         context = Path(tmp)
         shutil.copytree(image_dir() / "base", context, dirs_exist_ok=True)
@@ -245,13 +245,13 @@ def build_base(inputs: str) -> None:
             target = tool / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-        for path in _vendored():
-            shutil.copy2(path, tool / path.name)
+        # The base is built by the Buildah of the rootfs it starts from: the distribution's own, on any host.
         with log.step(f"build {BASE}") as progress:
-            podman.build(
+            builder.build(
+                builder.resolve(ROOTFS, cache_dir()),
                 context / "Containerfile",
                 context,
                 BASE,
                 labels={INPUTS_LABEL: inputs},
-                on_step=lambda n, total, what: progress.update(n / total, f"step {n}/{total}: {what[:60]}"),
+                on_step=lambda fraction, label: progress.update(fraction, label[:80]),
             )

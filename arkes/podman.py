@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from arkes import log, run
-from arkes.errors import BuildError, CommandError
+from arkes.errors import CommandError
 
 # Build images are named after their input hash so that a rebuild of known inputs is found again.
 BUILD_REPO = "localhost/arkes-build"
@@ -32,8 +31,17 @@ def _podman(*args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
     return ["podman", *args]
 
 
+PRIVILEGES_HINT = "os needs root with full privileges (not in a user namespace or an unprivileged container)"
+
+
 def image_exists(ref: str) -> bool:
-    return run.run(_podman("image", "exists", ref), check=False).returncode == 0
+    """Whether the storage holds `ref`; a storage Podman cannot even open is an error, not a missing image."""
+    result = run.run(_podman("image", "exists", ref), check=False)
+    if result.returncode in (0, 1):
+        return result.returncode == 0
+    detail = run.tail(result.stderr, 3)
+    hint = PRIVILEGES_HINT if "not permitted" in detail or "permission denied" in detail.lower() else None
+    raise CommandError(f"the container storage cannot be used:\n{detail}", hint=hint)
 
 
 def inspect_image(ref: str) -> dict[str, object]:
@@ -59,45 +67,6 @@ def image_labels(ref: str) -> dict[str, str]:
     config = image.get("Config")
     labels = config.get("Labels") if isinstance(config, dict) else None
     return {str(k): str(v) for k, v in (labels or {}).items()}
-
-
-_STEP = re.compile(r"^STEP (\d+)/(\d+): (.*)")
-
-
-def build(
-    containerfile: Path,
-    context: Path,
-    tag: str,
-    *,
-    labels: Mapping[str, str] | None = None,
-    build_args: Mapping[str, str] | None = None,
-    on_step: Callable[[int, int, str], None] | None = None,
-    nice: bool = False,
-) -> None:
-    """`podman build` with cached layers; on_step(n, total, instruction) follows the STEP lines."""
-    argv: list[str | os.PathLike[str]] = _podman(
-        "build",
-        f"--isolation={detected_isolation()}",
-        "--pull=never",
-        "--layers",
-        "--network=host",
-        "-f",
-        containerfile,
-        "-t",
-        tag,
-    )
-    for key, value in (labels or {}).items():
-        argv += ["--label", f"{key}={value}"]
-    for key, value in (build_args or {}).items():
-        argv += ["--build-arg", f"{key}={value}"]
-    argv.append(context)
-
-    def on_line(line: str) -> None:
-        match = _STEP.match(line)
-        if match and on_step:
-            on_step(int(match.group(1)), int(match.group(2)), match.group(3))
-
-    run.stream(argv, on_line, what="podman build", error=BuildError, nice=nice)
 
 
 def import_tarball(tarball: Path, ref: str, changes: list[str]) -> None:

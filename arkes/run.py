@@ -7,10 +7,13 @@ tail of the program's output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,8 @@ PACKAGES = {
 }
 
 TAIL_LINES = 25
+# How long a tied program may take to clean up after Ctrl-C.
+TIED_GRACE = 120
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,26 @@ def stream(
     what: str | None = None,
     error: type[CommandError] = CommandError,
     nice: bool = False,
+    tied: bool = False,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> str:
-    """Run a long program, handing each output line (stdout and stderr merged) to on_line; return all output."""
+    """Run a long program, handing each output line (stdout and stderr merged) to on_line; return all output.
+
+    nice: at lower CPU and I/O priority. tied: the program gets SIGINT when this process dies (even by kill -9),
+    and on Ctrl-C we wait for it to clean up before giving up, so that it never runs on (or leaves work behind)
+    unattended. on_interrupt: how to pass Ctrl-C on to it, where a SIGINT to the program itself does not.
+    """
     args = [os.fspath(a) for a in argv]
     which(args[0])
     log.debug(f"+ {shlex.join(args)}")
     lines: list[str] = []
+
+    def prepare() -> None:
+        if tied:
+            _die_with_parent()
+        if nice:
+            _lower_priority()
+
     with subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
@@ -138,14 +157,29 @@ def stream(
         stderr=subprocess.STDOUT,
         env=_env(env),
         cwd=cwd,
-        preexec_fn=_lower_priority if nice else None,
+        preexec_fn=prepare if nice or tied else None,
     ) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            lines.append(line)
-            log.debug(line)
-            on_line(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                lines.append(line)
+                log.debug(line)
+                on_line(line)
+        except KeyboardInterrupt:
+            if tied:
+                # The program got the same SIGINT from the terminal; let it finish cleaning up. A SIGINT can go
+                # unheard while a program is busy setting something up, so it is repeated until the program ends.
+                deadline = time.monotonic() + TIED_GRACE
+                while proc.poll() is None and time.monotonic() < deadline:
+                    proc.send_signal(signal.SIGINT)
+                    if on_interrupt is not None:
+                        on_interrupt()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=2)
+                if proc.poll() is None:
+                    proc.kill()
+            raise
         returncode = proc.wait()
     output = "\n".join(lines)
     if returncode != 0:
@@ -170,6 +204,14 @@ def interactive(argv: Sequence[str | os.PathLike[str]]) -> int:
     which(args[0])
     log.debug(f"+ {shlex.join(args)}")
     return subprocess.call(args, env=_env(None))
+
+
+def _die_with_parent() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGINT): the kernel signals the child when its parent exits, however it exits.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGINT, 0, 0, 0)
 
 
 def _lower_priority() -> None:

@@ -54,8 +54,10 @@ _FLAGS: dict[str, dict[str, str]] = {
 }
 _UNPARSED_FLAGS = frozenset({"ARG", "STOPSIGNAL"})
 # Flags BuildKit accepts that Buildah 1.39 refuses: always, or when true.
-_UNSUPPORTED = {("RUN", "security"), ("RUN", "device"), ("ADD", "unpack")}
-_UNSUPPORTED_TRUE = {("COPY", "link"), ("ADD", "link"), ("COPY", "parents"), ("ADD", "keep-git-dir")}
+_UNSUPPORTED = {("RUN", "device"), ("ADD", "unpack")}
+# COPY --link, ADD --link, COPY --parents and RUN --security=sandbox the builder lacks, but arkes.builderfile
+# rewrites them into what it has, with the same result; these it cannot build.
+_UNSUPPORTED_TRUE = {("ADD", "keep-git-dir")}
 _MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 _TARGET = ("target", "dst", "destination")
 _READ = ("readonly", "ro", "readwrite", "rw")
@@ -379,6 +381,8 @@ class _Checker:
                 self.builder(line, f"{cmd} --{name}= with an empty value")
             if (cmd, name) in _UNSUPPORTED or ((cmd, name) in _UNSUPPORTED_TRUE and value == "true"):
                 self.builder(line, f"{cmd} --{name}")
+            elif (cmd, name) == ("RUN", "security") and value == "insecure":
+                self.builder(line, "RUN --security=insecure")
             found.setdefault(name, []).append(value)
         return found
 
@@ -566,6 +570,14 @@ class _Checker:
                 self.error(line, "ADD --checksum can't be specified for multiple sources")
             elif not re.match(r"^(https?://|git@|git://|ssh://)", paths[0]) and not paths[0].endswith(".git"):
                 self.error(line, "ADD --checksum requires HTTP(S) or Git sources")
+        if cmd == "COPY" and any(v == "true" for v in flags.get("parents", [])):
+            # arkes.builderfile stages --parents sources from the build context before the build; these it cannot.
+            if flags.get("from"):
+                self.builder(line, "COPY --parents with --from")
+            elif len(paths) != len(ins.value) - 1:
+                self.builder(line, "COPY --parents of a heredoc")
+            elif any("$" in source for source in paths):
+                self.builder(line, "COPY --parents of sources built from variables")
         if cmd == "COPY":
             for source in paths:
                 if _URL.match(source):

@@ -2,8 +2,10 @@
 
     make bench            (or: .venv/bin/python bench/upgrade.py [--runs N])
 
-Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change through `os upgrade` against Podman's
-build of such a change plus a raw `ostree commit` of the same tree; `os status` against `ostree admin status`.
+Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change through `os upgrade` against the
+distribution's Buildah building such a change by hand plus a raw `ostree commit` of the same tree; a rebuild with
+every layer cached (the build step of `os build` against the same Buildah by hand); `os status` against
+`ostree admin status`.
 """
 
 from __future__ import annotations
@@ -42,12 +44,23 @@ def add_line(systemfile: Path, line: str) -> None:
     systemfile.write_text(systemfile.read_text().replace("RUN post_build", f"{line}\nRUN post_build"))
 
 
+def raw_buildah(context: Path, systemfile: Path, tag: str) -> float:
+    """The distribution's Buildah run by hand in a container of the base image over this host's storage: the
+    builder `os` uses, without `os`."""
+    argv = ["podman", "run", "--rm", "--privileged", "--runtime=runc", "--network=host", "--pull=never"]
+    argv += ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
+    argv += ["-v", "/var/lib/containers/storage:/var/lib/containers/storage"]
+    argv += ["-v", "/run/containers/storage:/run/containers/storage"]
+    argv += ["-v", f"{context}:/ctx:ro", "-v", f"{systemfile}:/Systemfile:ro", "localhost/arkes:base"]
+    argv += ["buildah", "build", "--isolation=chroot", "--layers", "--force-rm", "--pull=never", "-q"]
+    argv += ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", "-f", "/Systemfile", "-t", tag, "/ctx"]
+    return timed(lambda: sh(*argv))
+
+
 def raw_build_and_commit(context: Path, systemfile: Path, repo: Path) -> tuple[float, float]:
-    """Podman's build of the Systemfile, then `ostree commit` of the image's tree into the same repository."""
+    """The builder's build of the Systemfile, then `ostree commit` of the image's tree into the same repository."""
     tag = "localhost/arkes-bench:raw"
-    build = timed(
-        lambda: sh("podman", "build", "--isolation=chroot", "-q", "-f", str(systemfile), "-t", tag, str(context))
-    )
+    build = raw_buildah(context, systemfile, tag)
     container = sh("podman", "create", tag, "/bin/true").strip()
     try:
         mount = sh("podman", "mount", container).strip()
@@ -61,6 +74,13 @@ def raw_build_and_commit(context: Path, systemfile: Path, repo: Path) -> tuple[f
         sh("ostree", "refs", f"--repo={repo}", "--delete", "bench/raw")
         sh("podman", "rmi", tag)
     return build, commit
+
+
+def build_step(sysroot: Path) -> float:
+    """Seconds of the `build` step of `os build`, as its progress line reports them."""
+    result = subprocess.run([str(OS), "--sysroot", str(sysroot), "build"], capture_output=True, text=True, check=True)
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("build: done (")]
+    return float(line.removeprefix("build: done (").rstrip("s)"))
 
 
 def main() -> int:
@@ -90,6 +110,13 @@ def main() -> int:
         add_line(systemfile, f"RUN echo os-{stamp} > /usr/share/bench-change")
         change = timed(lambda: os_(sysroot, "upgrade"))
 
+        # Every layer cached: the build step of `os build` against the same build by hand with the builder.
+        cached_raw = statistics.median(
+            raw_buildah(systemfile.parent, systemfile, "localhost/arkes-bench:cached") for _ in range(args.runs)
+        )
+        sh("podman", "rmi", "localhost/arkes-bench:cached")
+        cached_os = statistics.median(build_step(sysroot) for _ in range(args.runs))
+
         status_os = statistics.median(timed(lambda: os_(sysroot, "status")) for _ in range(args.runs))
         status_raw = statistics.median(
             timed(lambda: sh("ostree", "admin", "status", f"--sysroot={sysroot}")) for _ in range(args.runs)
@@ -105,6 +132,9 @@ def main() -> int:
     print(f"one-line change, os upgrade: {change:7.3f} s")
     print(f"  podman build + ostree commit: {raw:7.3f} s  ({raw_build:.3f} + {raw_commit:.3f})")
     print(f"  ratio os/raw:                 {change / raw:7.2f}")
+    print(f"cached rebuild, os build's build step: {cached_os:7.3f} s")
+    print(f"  the builder by hand:                 {cached_raw:7.3f} s")
+    print(f"  ratio os/raw:                        {cached_os / cached_raw:7.2f}")
     print(f"os status:                   {status_os:7.3f} s")
     print(f"  ostree admin status:          {status_raw:7.3f} s")
     print(f"  ratio os/raw:                 {status_os / status_raw:7.2f}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,31 @@ def installed(factory: pytest.TempPathFactory, name: str, body: str, **files: st
     system = System(root / "sysroot")
     system.os("install", "--systemfile", str(write_systemfile(root / "source", body, **files)))
     return system
+
+
+def os_reaching(system: System, args: list[str], reached: Callable[[str], bool]) -> subprocess.Popen[str]:
+    """Start `os ARGS` on the system in its own process group; return it once a line of its stderr is `reached`."""
+    proc = subprocess.Popen(
+        [str(OS), "--sysroot", str(system.path), *args],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        # As from a terminal: Ctrl-C reaches it even when these tests run where SIGINT is ignored (in background).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        seen.append(line)
+        if reached(line):
+            return proc
+        if time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail(f"os {' '.join(args)} never got there:\n{''.join(seen)}")
 
 
 def tree_containers() -> list[str]:

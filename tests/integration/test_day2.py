@@ -149,7 +149,11 @@ def test_preflight_refuses_an_etc_conflict(system: System) -> None:
 def test_preflight_refuses_a_full_boot(system: System, tmp_path: Path) -> None:
     # A new initramfs (a dracut setting changed) needs room on /boot. /boot becomes a small filesystem holding
     # what it holds now and 4 MiB more.
-    system.add_line("RUN echo 'i18n_install_all=\"no\"' > /etc/dracut.conf.d/90-test.conf")
+    # (dracut 106 builds the same initramfs from the same inputs, so the setting must change what it holds.)
+    system.add_line(
+        "RUN echo marker > /usr/share/arkes-initramfs-marker && "
+        "echo 'install_items+=\" /usr/share/arkes-initramfs-marker \"' > /etc/dracut.conf.d/90-test.conf"
+    )
     boot, saved = system.path / "boot", tmp_path / "boot"
     subprocess.run(["cp", "-a", str(boot), str(saved)], check=True)
     used = int(subprocess.run(["du", "-sB1", str(saved)], capture_output=True, text=True, check=True).stdout.split()[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import OS, System, installed, tree_containers, write_systemfile
+from tests.integration.conftest import OS, System, installed, os_reaching, tree_containers, write_systemfile
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_failing_run_shows_its_output(system: System, tmp_path: Path) -> None:
     body = "FROM localhost/arkes:base\nRUN echo the-build-broke-here >&2 && exit 3\n"
     result = attempt(system, tmp_path, body)
     assert result.returncode == 1
-    assert "podman build failed" in result.stderr
+    assert "the build (the Buildah of localhost/arkes:base) failed" in result.stderr
     assert "the-build-broke-here" in result.stderr
 
 
@@ -99,27 +99,10 @@ def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
 
 def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
     """Start `os upgrade` in its own process group and return once it has started `step`."""
-    proc = subprocess.Popen(
-        [str(OS), "--sysroot", str(system.path), "upgrade"],
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stderr is not None
-    seen = []
-    deadline = time.monotonic() + 600
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith((f"{step}...", f"{step}: ")):
-            if step == "commit":
-                time.sleep(2)  # well inside the commit, which writes for several seconds
-            return proc
-        if time.monotonic() > deadline:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    pytest.fail(f"the upgrade never reached {step}:\n{''.join(seen)}")
+    proc = os_reaching(system, ["upgrade"], lambda line: line.startswith((f"{step}...", f"{step}: ")))
+    if step == "commit":
+        time.sleep(2)  # well inside the commit, which writes for several seconds
+    return proc
 
 
 @pytest.mark.parametrize("moment", ["build", "commit", "deploy"])

@@ -57,11 +57,11 @@ def test_directive_errors() -> None:
     assert parse("# syntax=a\n# Syntax=b\nFROM x\n").errors == ((2, "only one syntax parser directive can be used"),)
 
 
-def test_escape_directive_after_another_is_read_differently_by_buildah() -> None:
+def test_escape_directive_after_another_counts() -> None:
+    # BuildKit reads directives in any order (the builder only on line 1: arkes.builderfile moves it there).
     parsed = parse("# syntax=docker/dockerfile:1\n# escape=`\nFROM x\n")
     assert parsed.escape == "`"
-    assert parsed.divergences[0][0] == 2 and "only on the first line" in parsed.divergences[0][1]
-    assert not parse("# escape=`\n# syntax=docker/dockerfile:1\nFROM x\n").divergences
+    assert not parsed.divergences and not parsed.errors
 
 
 # Lines, continuations and comments

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import OS
 from tests.vm.conftest import guest, install_disk, last_json
 
 pytestmark = pytest.mark.vm
@@ -30,19 +31,46 @@ if touch /var/.probe 2>/dev/null; then fact var writable; rm -f /var/.probe; els
 fact home "$(readlink -f /home)"
 fact hostname "$(hostname)"
 fact marker "$(cat /usr/share/arkes-marker 2>/dev/null || echo absent)"
+fact heredoc "$(cat /usr/share/arkes-heredoc 2>/dev/null || echo absent)"
 fact motd "$(tail -n1 /etc/motd)"
 fact homefile "$(cat /var/home/tester/file 2>/dev/null || echo absent)"
 fact status "$(os status --json | tr -d '\n')"
 """
 
-CHANGE = r"""
+# What the guest adds to its Systemfile: current syntax (heredocs), built by the guest's own Buildah.
+ADDED = """RUN <<EOF
 set -e
-echo 'RUN echo marker > /usr/share/arkes-marker' >> /etc/system/Systemfile
+echo marker > /usr/share/arkes-marker
+EOF
+COPY <<EOF /usr/share/arkes-heredoc
+built from a heredoc
+EOF
+"""
+
+# The files of a commit (mode, owner, size, content checksum, path), as a digest both sides compute alike.
+# os-release carries the build's time (post_build stamps BUILD_ID), so it is the one file that must differ.
+TREE_DIGEST = (
+    "ostree ls --repo={repo} -R -C {commit} / | awk '$1 ~ /^[-l]/ && $6 != \"/usr/lib/os-release\"' | sha256sum"
+    " | cut -c1-64"
+)
+
+CHANGE = (
+    r"""
+set -e
+cat >> /etc/system/Systemfile <<'ADDED'
+"""
+    + ADDED
+    + r"""ADDED
 echo 'changed in the guest' >> /etc/motd
 mkdir -p /var/home/tester && echo kept > /var/home/tester/file
 os upgrade
+commit=$(os status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["deployments"][0]["checksum"])')
+echo "tree=$("""
+    + TREE_DIGEST.format(repo="/ostree/repo", commit="$commit")
+    + r""")"
 os status --json | tr -d '\n'
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +119,40 @@ def test_a_installed_system_boots(disk: Path) -> None:
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
 
 
-def test_b_upgrade_in_the_guest(disk: Path) -> None:
-    deployments = last_json(boot(disk, CHANGE, "upgrade"))["deployments"]
+def test_b_upgrade_in_the_guest(disk: Path, tmp_path: Path) -> None:
+    result = boot(disk, CHANGE, "upgrade")
+    deployments = last_json(result)["deployments"]
     assert len(deployments) == 2
     assert deployments[0]["default"] and not deployments[0]["booted"]
     assert deployments[1]["booted"], "the system the upgrade ran on stays, second in the menu"
+    (guest_tree,) = [line.removeprefix("tree=") for line in result.stdout.splitlines() if line.startswith("tree=")]
+
+    # The same Systemfile built on this host, by the same builder, is the same tree.
+    source = tmp_path / "source"
+    source.mkdir()
+    default = Path(__file__).resolve().parents[2] / "image/base/overlay/etc/system/Systemfile"
+    (source / "Systemfile").write_text(default.read_text() + ADDED)
+    sysroot = tmp_path / "sysroot"
+    start = time.monotonic()
+    install = [str(OS), "--sysroot", str(sysroot), "install", "--systemfile", str(source / "Systemfile")]
+    subprocess.run(install, check=True, capture_output=True)
+    TIMINGS["host build"] = time.monotonic() - start
+    shown = subprocess.run([str(OS), "--sysroot", str(sysroot), "status", "--json"], capture_output=True, text=True)
+    commit = json.loads(shown.stdout)["deployments"][0]["checksum"]
+    command = TREE_DIGEST.format(repo=sysroot / "ostree/repo", commit=commit)
+    host_tree = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        assert host_tree == guest_tree, "the guest's build and the host's build are the same tree"
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(sysroot)], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", str(sysroot)], check=False)
 
 
 def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     found = facts(disk, "reboot")
     assert booted_index(found) == 0
     assert found["marker"] == "marker"
+    assert found["heredoc"] == "built from a heredoc"
     assert found["motd"] == "changed in the guest"
     assert found["homefile"] == "kept"
 

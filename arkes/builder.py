@@ -1,0 +1,293 @@
+"""The distribution's own builder: every image is built by the Buildah of the distribution's images.
+
+So that a Systemfile means the same everywhere, `os` never builds with whatever Podman the host happens to have.
+On an Arkēs system the builder is the system's own Buildah. Anywhere else (a development host, CI) it is the
+Buildah inside one of the distribution's images, run in a privileged container over the host's container storage:
+the images it builds land where the host's Podman finds them, and its layer cache is the host's.
+
+A build is tied to the `os` process that started it: Ctrl-C, or `os` dying by any signal, interrupts Buildah,
+which then removes its working containers itself. What a builder killed outright leaves in the storage (working
+containers that only the builder's newer storage library lists, not an older host Podman) is swept before the
+next build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import log, podman, run
+from arkes.errors import BuildError, CommandError
+
+# The host's limits are not passed on without CAP_SYS_RESOURCE; these are what builds need (dpkg, dracut).
+ULIMITS = ("nofile=20000:20000", "nproc=4096:4096")
+CONTAINER_PREFIX = "arkes-builder-"
+# Where Buildah keeps `RUN --mount=type=cache` directories (its temporary directory, per user id).
+CACHE_MOUNTS = "/var/tmp/buildah-cache-0"
+CONTEXT = "/run/arkes/context"
+CONTAINERFILE = "/run/arkes/Containerfile"
+# A builder that cannot even start: what its error output says, and what a person can do about it.
+_START_FAILURES = (
+    ("operation not permitted", podman.PRIVILEGES_HINT),
+    ("permission denied", podman.PRIVILEGES_HINT),
+    ("is being used by another process", "another process holds the container storage; wait for it to finish"),
+    ("database is locked", "another process holds the container storage; wait for it to finish"),
+    ("no space left", "free space where the container storage lives (podman info --format {{.Store.GraphRoot}})"),
+)
+
+
+@dataclass(frozen=True)
+class Builder:
+    """Where Buildah runs: this system's own (`image` is None), or inside a container of `image`."""
+
+    image: str | None
+    graphroot: Path
+    runroot: Path
+    driver: str
+    # Builds in progress (see _running), and on a host the directories of `RUN --mount=type=cache`.
+    state: Path
+
+    @property
+    def native(self) -> bool:
+        return self.image is None
+
+    def describe(self) -> str:
+        return "this system's Buildah" if self.native else f"the Buildah of {self.image}"
+
+
+def is_arkes_system() -> bool:
+    """A booted Arkēs system: its own Buildah is the distribution's (ARKES_BUILDER=native|container overrides)."""
+    configured = os.environ.get("ARKES_BUILDER")
+    if configured in ("native", "container"):
+        return configured == "native"
+    if not Path("/run/ostree-booted").exists():
+        return False
+    try:
+        release = Path("/usr/lib/os-release").read_text()
+    except OSError:
+        return False
+    return "ID=arkes" in release.split()
+
+
+def resolve(image: str, state: Path) -> Builder:
+    """The builder for this machine; `image` is the distribution image whose Buildah a non-Arkēs host runs."""
+    if is_arkes_system():
+        return Builder(None, Path("/var/lib/containers/storage"), Path("/run/containers/storage"), "overlay", state)
+    fields = "{{.Store.GraphRoot}}\n{{.Store.RunRoot}}\n{{.Store.GraphDriverName}}"
+    result = run.run(["podman", "info", "--format", fields], what="podman info (the host's container storage)")
+    graphroot, runroot, driver = [*result.stdout.split("\n"), "", "", ""][:3]
+    return Builder(image, Path(graphroot), Path(runroot), driver or "overlay", state)
+
+
+def _buildah_options(builder: Builder) -> list[str]:
+    options = ["--storage-driver", builder.driver]
+    if not builder.native:
+        options += ["--root", os.fspath(builder.graphroot), "--runroot", os.fspath(builder.runroot)]
+    return options
+
+
+def _podman_run(builder: Builder, mounts: list[tuple[Path, str, str]]) -> list[str]:
+    """`podman run` of the builder image, privileged, with the host's storage at the same paths."""
+    # runc: crun refuses hybrid cgroup hosts, and runc is what the distribution itself runs.
+    argv = ["podman", "run", "--rm", "--privileged", "--runtime=runc", "--network=host", "--pull=never"]
+    argv += ["--security-opt", "label=disable"]
+    for limit in ULIMITS:
+        argv += ["--ulimit", limit]
+    storage = [
+        (builder.graphroot, os.fspath(builder.graphroot), "rw"),
+        (builder.runroot, os.fspath(builder.runroot), "rw"),
+    ]
+    for source, target, mode in [*storage, *mounts]:
+        argv += ["-v", f"{os.fspath(source)}:{target}:{mode}"]
+    return argv
+
+
+def _container(builder: Builder, mounts: list[tuple[Path, str, str]], *, nice: bool) -> list[str]:
+    """The builder's container for one build; the arguments of `buildah` follow."""
+    assert builder.image is not None
+    argv = _podman_run(builder, [(builder.state / "cache-mounts", CACHE_MOUNTS, "rw"), *mounts])
+    argv += ["--name", f"{CONTAINER_PREFIX}{os.getpid()}"]
+    # In the host's PID namespace, so that the builder sees the `os` process it works for.
+    argv += ["--pid=host", "--env", f"ARKES_PARENT={os.getpid()}", "--env", "BUILDAH_ISOLATION=chroot", builder.image]
+    # This shell hands Ctrl-C (which `os` passes on with `podman kill`), a SIGTERM, or the end of the `os` it
+    # works for (even by kill -9 of its whole process group, which podman's conmon survives) to Buildah as SIGINT,
+    # on which Buildah stops the RUN in progress and removes its working containers; it passes on the status.
+    # A SIGINT that reaches Buildah while it sets a step up can go unheard, so it is repeated until Buildah is gone.
+    script = "stop() { while kill -0 $child 2>/dev/null; do kill -INT $child; sleep 2; done; }; "
+    script += 'buildah "$@" & child=$!; trap stop INT TERM; '
+    script += '(tail -f /dev/null --pid="$ARKES_PARENT" >/dev/null 2>&1; stop) & watch=$!; '
+    script += "wait $child; status=$?; while kill -0 $child 2>/dev/null; do wait $child; status=$?; done; "
+    script += "kill $watch 2>/dev/null; exit $status"
+    prefix = ["nice", "-n", "10", "ionice", "-c", "3"] if nice else []
+    return [*argv, *prefix, "sh", "-c", script, "buildah"]
+
+
+def build(
+    builder: Builder,
+    containerfile: Path,
+    context: Path,
+    tag: str,
+    *,
+    labels: Mapping[str, str] | None = None,
+    build_args: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Path] | None = None,
+    contexts: Mapping[str, Path] | None = None,
+    on_step: Callable[[float, str], None] | None = None,
+    nice: bool = False,
+) -> None:
+    """Build `containerfile` with `context` into `tag`, with cached layers; on_step(fraction, label) per STEP."""
+    (builder.state / "cache-mounts").mkdir(parents=True, exist_ok=True)
+    _running(builder).mkdir(parents=True, exist_ok=True)
+    if any(not Path(f"/proc/{m.name}").exists() for m in _running(builder).iterdir() if m.name.isdigit()):
+        sweep(builder)
+    marker = _running(builder) / str(os.getpid())
+    marker.touch()
+    mounts: list[tuple[Path, str, str]] = []
+    if builder.native:
+        file_arg, context_arg = os.fspath(containerfile), os.fspath(context)
+    else:
+        # Read-write: Buildah refuses `RUN --mount=type=bind` of a context file from a read-only mount (it opens
+        # the source to pin it against symlink races); it writes nothing there.
+        mounts += [(context.resolve(), CONTEXT, "rw"), (containerfile.resolve(), CONTAINERFILE, "ro")]
+        file_arg, context_arg = CONTAINERFILE, CONTEXT
+    argv = ["build", *_buildah_options(builder), "--isolation=chroot", "--layers", "--force-rm", "--pull=never"]
+    argv += ["--network=host"]
+    for limit in ULIMITS:
+        argv += ["--ulimit", limit]
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in (build_args or {}).items():
+        argv += ["--build-arg", f"{key}={value}"]
+    for i, (name, path) in enumerate(sorted((secrets or {}).items())):
+        source = os.fspath(path) if builder.native else f"/run/arkes/secrets/{i}"
+        if not builder.native:
+            mounts.append((path.resolve(), source, "ro"))
+        argv += ["--secret", f"id={name},src={source}"]
+    for name, path in sorted((contexts or {}).items()):
+        source = os.fspath(path) if builder.native else f"/run/arkes/contexts/{name}"
+        if not builder.native:
+            mounts.append((path.resolve(), source, "ro"))
+        argv += ["--build-context", f"{name}={source}"]
+    argv += ["-f", file_arg, "-t", tag, context_arg]
+    command = ["buildah", *argv] if builder.native else [*_container(builder, mounts, nice=nice), *argv]
+
+    def on_line(line: str) -> None:
+        step = _step(line)
+        if step and on_step:
+            on_step(*step)
+
+    try:
+        run.stream(
+            command,
+            on_line,
+            what=f"the build ({builder.describe()})",
+            error=BuildError,
+            nice=nice,
+            tied=True,
+            on_interrupt=None if builder.native else lambda: _interrupt_container(),
+        )
+    except BuildError as exc:
+        raise _explained(exc, builder) from None
+    except BaseException:
+        sweep(builder)
+        raise
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _interrupt_container() -> None:
+    """Ctrl-C for the builder's shell: the host's Podman does not pass a SIGINT of its client on to it."""
+    name = f"{CONTAINER_PREFIX}{os.getpid()}"
+    run.run(["podman", "kill", "--signal", "INT", name], check=False)
+
+
+def _running(builder: Builder) -> Path:
+    """One file per build in progress, named for the pid of its `os`: a file whose process is gone means an
+    interrupted build, whose leftovers the next build sweeps (so an uninterrupted machine never pays for it)."""
+    return builder.state / "builds"
+
+
+def _step(line: str) -> tuple[float, str] | None:
+    """How far a build is at a `STEP n/total: ...` line (0 to 1) and a label for people. Multi-stage builds
+    prefix the line with `[stage/stages] ` and count steps per stage."""
+    stage, stages = 1, 1
+    if line.startswith("[") and "] STEP " in line:
+        prefix, _, line = line[1:].partition("] ")
+        first, _, second = prefix.partition("/")
+        if first.isdigit() and second.isdigit() and int(second) > 0:
+            stage, stages = int(first), int(second)
+    if not line.startswith("STEP "):
+        return None
+    counts, _, what = line[5:].partition(": ")
+    n, _, total = counts.partition("/")
+    if not (n.isdigit() and total.isdigit() and int(total) > 0):
+        return None
+    fraction = (stage - 1 + (int(n) - 1) / int(total)) / stages
+    where = f"stage {stage}/{stages} " if stages > 1 else ""
+    return fraction, f"{where}step {n}/{total}: {what}"
+
+
+def _explained(exc: BuildError, builder: Builder) -> BuildError:
+    """A builder that could not start gets one message and a hint; a failing build keeps its own output."""
+    text = exc.message.lower()
+    if "step " not in text:
+        for needle, hint in _START_FAILURES:
+            if needle in text:
+                return BuildError(f"{builder.describe()} could not start: {exc.message}", hint=hint)
+    return exc
+
+
+def _buildah(builder: Builder, *args: str, what: str) -> run.Result:
+    """A short buildah command (not a build) with the builder's view of the storage."""
+    if builder.native:
+        return run.run(["buildah", *_buildah_options(builder), *args], what=what)
+    assert builder.image is not None
+    argv = [*_podman_run(builder, []), builder.image, "buildah", *_buildah_options(builder), *args]
+    return run.run(argv, what=what)
+
+
+def _live_builders() -> list[str]:
+    """Builder containers of `os` processes that still run; a builder whose `os` died is removed here."""
+    listed = run.run(
+        ["podman", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={CONTAINER_PREFIX}"], check=False
+    )
+    live = []
+    for name in listed.stdout.split():
+        pid = name.removeprefix(CONTAINER_PREFIX)
+        if pid.isdigit() and (pid == str(os.getpid()) or Path(f"/proc/{pid}").exists()):
+            live.append(name)
+        else:
+            run.run(["podman", "rm", "--force", "--time", "30", name], check=False)
+            log.debug(f"stopped the builder {name} of an os process that is gone")
+    return live
+
+
+def leftovers(builder: Builder) -> list[dict[str, str]]:
+    """Working containers that builds left in the storage: Buildah's own, named `*-working-container`."""
+    try:
+        listed = _buildah(builder, "containers", "--json", what="buildah containers")
+    except CommandError:
+        return []
+    found = json.loads(listed.stdout or "[]") or []
+    return [
+        {"id": str(c["id"]), "name": str(c.get("containername", ""))}
+        for c in found
+        if c.get("builder") and str(c.get("containername", "")).endswith("-working-container")
+    ]
+
+
+def sweep(builder: Builder) -> None:
+    """Remove what interrupted builds left behind, unless another build is running (its containers are live)."""
+    others = [name for name in _live_builders() if name != f"{CONTAINER_PREFIX}{os.getpid()}"]
+    if others:
+        return
+    stale = leftovers(builder)
+    for marker in _running(builder).glob("*"):
+        if marker.name.isdigit() and not Path(f"/proc/{marker.name}").exists():
+            marker.unlink(missing_ok=True)
+    if stale:
+        _buildah(builder, "rm", *(c["id"] for c in stale), what="buildah rm (leftovers of interrupted builds)")
+        log.debug("removed leftovers of interrupted builds: " + ", ".join(c["name"] for c in stale))
