@@ -29,7 +29,7 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 # Debian's archive keyring: Debian 12 hosts have the Debian 13 keys in it too, so they can bootstrap trixie.
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Bump when the bootstrap recipe below changes in a way the inputs do not show.
-RECIPE = "4"
+RECIPE = "5"
 
 
 def image_dir() -> Path:
@@ -177,8 +177,9 @@ def build_rootfs(inputs: str) -> None:
 def _bootstrap(tarball: Path, debs: Path) -> None:
     dracut_conf = image_dir() / "rootfs/dracut.conf"
     partial = tarball.with_suffix(".partial")
-    # mmdebstrap takes a file of sources in place of a mirror, in deb822 form when its name ends in .sources.
-    sources = tarball.with_suffix(".sources")
+    # mmdebstrap takes a file of sources in place of a mirror, in deb822 form when its name ends in .sources, and
+    # keeps it in the image as /etc/apt/sources.list.d/0000<its name>.
+    sources = tarball.parent / "debian.sources"
     sources.write_text(apt_sources_text())
     # Hooks run in a shell with the target as $1; our paths reach them through the environment, not the text.
     setup = (
