@@ -1,8 +1,12 @@
-"""The seed's update-and-revert cycle, every state checked from inside a booted guest.
+"""The life of an installed system, every state checked from inside a booted guest, on one disk (a boot costs
+about two minutes under TCG, so each boot checks all it can).
 
-install → boot (read-only /usr, writable /etc and /var, one booted deployment) → in the guest: change the
-Systemfile, /etc and /var/home, `os upgrade` → reboot into the new deployment → boot the previous entry from the
-menu and `os revert` → boot again: the reverted system by default. Booted with BIOS, and the last boot with UEFI.
+install → boot (read-only /usr, writable /etc and /var, one booted deployment, the update timer, `os diff --etc`,
+a development unlock) → boot: the unlock is gone; in the guest change the Systemfile (heredocs, built by the
+guest's own Buildah to the same tree as this host's build), /etc and /var/home, `os upgrade` (staged), an /etc edit
+after staging → reboot into the new deployment (the edit reached it, the menu lists both) → boot the previous
+entry from the menu and `os revert` → boot with UEFI: the reverted system by default; a hotfix unlock → boot: the
+hotfix persists. A blank disk fails at once with the console's last lines.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ fact marker "$(cat /usr/share/arkes-marker 2>/dev/null || echo absent)"
 fact heredoc "$(cat /usr/share/arkes-heredoc 2>/dev/null || echo absent)"
 fact motd "$(tail -n1 /etc/motd)"
 fact homefile "$(cat /var/home/tester/file 2>/dev/null || echo absent)"
+fact after_staging "$(cat /etc/arkes-after-staging 2>/dev/null || echo absent)"
+fact hotfix "$(cat /usr/share/arkes-hotfix 2>/dev/null || echo absent)"
+fact menu "$(grep -c menuentry /boot/grub/grub.cfg)"
 fact status "$(os status --json | tr -d '\n')"
 """
 
@@ -54,9 +61,21 @@ TREE_DIGEST = (
     " | cut -c1-64"
 )
 
+# The first boot, after its facts: the update timer, the local /etc change, a development unlock of /usr.
+DAY2 = r"""
+fact timer "$(systemctl is-enabled arkes-checkupdates.timer)"
+fact menu_unit "$(systemctl is-enabled arkes-boot-menu.service)"
+echo 'edited in the guest' >> /etc/motd
+fact diff_etc "$(os diff --etc | grep -c '^M /etc/motd$')"
+os unlock >/dev/null && touch /usr/share/arkes-dev && fact dev_written yes
+first='import json, sys; print(json.load(sys.stdin)["deployments"][0]["unlocked"])'
+fact unlocked "$(os status --json | python3 -c "$first")"
+"""
+
 CHANGE = (
     r"""
 set -e
+if [ -e /usr/share/arkes-dev ]; then echo dev-kept; else echo dev-gone; fi
 cat >> /etc/system/Systemfile <<'ADDED'
 """
     + ADDED
@@ -64,6 +83,7 @@ cat >> /etc/system/Systemfile <<'ADDED'
 echo 'changed in the guest' >> /etc/motd
 mkdir -p /var/home/tester && echo kept > /var/home/tester/file
 os upgrade
+echo 'written after staging' > /etc/arkes-after-staging
 commit=$(os status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["deployments"][0]["checksum"])')
 echo "tree=$("""
     + TREE_DIGEST.format(repo="/ostree/repo", commit="$commit")
@@ -94,8 +114,8 @@ def boot(disk: Path, command: str, name: str, *args: str) -> subprocess.Complete
     return result
 
 
-def facts(disk: Path, name: str, *args: str) -> dict[str, Any]:
-    result = boot(disk, FACTS, name, *args)
+def facts(disk: Path, name: str, *args: str, then: str = "") -> dict[str, Any]:
+    result = boot(disk, FACTS + then, name, *args)
     found: dict[str, Any] = {}
     for line in result.stdout.splitlines():
         key, sep, value = line.partition("=")
@@ -111,19 +131,23 @@ def booted_index(found: dict[str, Any]) -> int:
 
 
 def test_a_installed_system_boots(disk: Path) -> None:
-    found = facts(disk, "boot")
+    found = facts(disk, "boot", then=DAY2)
     assert found["usr"] == "readonly"
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
     assert found["hostname"] == "arkes", "the hostname the Systemfile declares"
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
+    assert found["timer"] == "enabled" and found["menu_unit"] == "enabled"
+    assert found["diff_etc"] == "1", "os diff --etc names the local change"
+    assert found["dev_written"] == "yes" and found["unlocked"] == "development"
 
 
 def test_b_upgrade_in_the_guest(disk: Path, tmp_path: Path) -> None:
     result = boot(disk, CHANGE, "upgrade")
+    assert "dev-gone" in result.stdout.splitlines(), "a development unlock ends with the boot"
     deployments = last_json(result)["deployments"]
     assert len(deployments) == 2
-    assert deployments[0]["default"] and not deployments[0]["booted"]
+    assert deployments[0]["staged"] and not deployments[0]["booted"], "on a running system the upgrade is staged"
     assert deployments[1]["booted"], "the system the upgrade ran on stays, second in the menu"
     (guest_tree,) = [line.removeprefix("tree=") for line in result.stdout.splitlines() if line.startswith("tree=")]
 
@@ -153,6 +177,9 @@ def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     assert booted_index(found) == 0
     assert found["marker"] == "marker"
     assert found["heredoc"] == "built from a heredoc"
+    assert found["after_staging"] == "written after staging", "an /etc edit made after staging is kept"
+    assert found["menu"] == "2", "the boot menu lists both deployments after finalization"
+    assert not found["deployments"][0]["staged"]
     assert found["motd"] == "changed in the guest"
     assert found["homefile"] == "kept"
 
@@ -168,7 +195,33 @@ def test_d_previous_entry_then_revert(disk: Path) -> None:
 
 
 def test_e_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
-    found = facts(disk, "boot-uefi", "--uefi")
+    hotfix = "os unlock --hotfix >/dev/null && echo fix > /usr/share/arkes-hotfix && fact hotfix_written yes\n"
+    found = facts(disk, "boot-uefi", "--uefi", then=hotfix)
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
     assert found["marker"] == "absent"
     assert found["homefile"] == "kept"
+    assert found["hotfix_written"] == "yes"
+
+
+def test_f_hotfix_persists_across_a_reboot(disk: Path) -> None:
+    found = facts(disk, "hotfix")
+    assert found["hotfix"] == "fix"
+    (booted,) = [d for d in found["deployments"] if d["booted"]]
+    assert booted["unlocked"] == "hotfix"
+
+
+def test_g_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * (16 * 1024 * 1024))
+    result = subprocess.run(
+        [str(OS), "vm", str(blank), "--timeout", "20", "--exec", "true"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "did not reach multi-user within 20s" in result.stderr
+    assert "the last console lines" in result.stderr and "Boot" in result.stderr
+    leftover = subprocess.run(["pgrep", "-f", f"file={blank}"], capture_output=True, text=True, check=False)
+    assert leftover.stdout == "", "no QEMU process is left behind"
