@@ -14,8 +14,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arkes import __version__, builder, builderfile, images, lint, log, podman, systemfile, tree
+from arkes import __version__, builder, images, lint, log, podman, tree
 from arkes.errors import UsageError
 from arkes.ostree import BUILD_REF, Sysroot
 from arkes.ostree import META_BASE_DIGEST as META_BASE_DIGEST
@@ -29,6 +30,10 @@ from arkes.ostree import META_MACHINE_KARGS as META_MACHINE_KARGS
 from arkes.ostree import META_PACKAGES as META_PACKAGES
 from arkes.ostree import META_SYSTEMFILE_SHA256 as META_SYSTEMFILE_SHA256
 from arkes.ostree import META_TOOL_VERSION as META_TOOL_VERSION
+
+if TYPE_CHECKING:
+    # The grammar is loaded only by what parses a Systemfile, so that `os status` does not pay for it.
+    from arkes import systemfile
 
 META_VERSION = "version"
 
@@ -100,6 +105,8 @@ def input_hash(
 def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Plan:
     """Validate the Systemfile, make sure its base images exist, and compute the input hash."""
     context = path.parent
+    from arkes import systemfile
+
     sf = systemfile.load(path, context)
     digests: dict[str, str] = {}
     for ref in sf.external_images:
@@ -149,6 +156,8 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
         images.ensure(images.BASE)  # the builder itself, for a Systemfile FROM some other image
     with tempfile.TemporaryDirectory(prefix="arkes-build-") as tmp, log.step("build") as progress:
         # The builder reads the Systemfile in the syntax it knows (same lines, same result: see builderfile).
+        from arkes import builderfile
+
         translated = builderfile.translate(p.systemfile, p.context, Path(tmp) / "contexts")
         containerfile = Path(tmp) / "Systemfile"
         containerfile.write_text(translated.text)
