@@ -34,6 +34,7 @@ if touch /etc/.probe 2>/dev/null; then fact etc writable; rm -f /etc/.probe; els
 if touch /var/.probe 2>/dev/null; then fact var writable; rm -f /var/.probe; else fact var readonly; fi
 fact home "$(readlink -f /home)"
 fact hostname "$(hostname)"
+fact login "$(command -v login || echo absent)"
 fact marker "$(cat /usr/share/arkes-marker 2>/dev/null || echo absent)"
 fact heredoc "$(cat /usr/share/arkes-heredoc 2>/dev/null || echo absent)"
 fact motd "$(tail -n1 /etc/motd)"
@@ -136,6 +137,7 @@ def test_a_installed_system_boots(disk: Path) -> None:
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
     assert found["hostname"] == "arkes", "the hostname the Systemfile declares"
+    assert found["login"] != "absent", "the console has a login program (Debian 13 no longer makes it essential)"
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
     assert found["timer"] == "enabled" and found["menu_unit"] == "enabled"
     assert found["diff_etc"] == "1", "os diff --etc names the local change"
