@@ -141,7 +141,7 @@ def build(
     """Build `containerfile` with `context` into `tag`, with cached layers; on_step(fraction, label) per STEP."""
     (builder.state / "cache-mounts").mkdir(parents=True, exist_ok=True)
     _running(builder).mkdir(parents=True, exist_ok=True)
-    if any(not Path(f"/proc/{m.name}").exists() for m in _running(builder).iterdir() if m.name.isdigit()):
+    if any(_gone(m.name) for m in _running(builder).iterdir()):
         sweep(builder)
     marker = _running(builder) / str(os.getpid())
     marker.touch()
@@ -161,16 +161,18 @@ def build(
         argv += ["--label", f"{key}={value}"]
     for key, value in (build_args or {}).items():
         argv += ["--build-arg", f"{key}={value}"]
+
+    def reach(path: Path, inside: str) -> str:
+        """Where the builder finds a host file or directory: the path itself, or a read-only mount of it."""
+        if builder.native:
+            return os.fspath(path)
+        mounts.append((path.resolve(), inside, "ro"))
+        return inside
+
     for i, (name, path) in enumerate(sorted((secrets or {}).items())):
-        source = os.fspath(path) if builder.native else f"/run/arkes/secrets/{i}"
-        if not builder.native:
-            mounts.append((path.resolve(), source, "ro"))
-        argv += ["--secret", f"id={name},src={source}"]
+        argv += ["--secret", f"id={name},src={reach(path, f'/run/arkes/secrets/{i}')}"]
     for name, path in sorted((contexts or {}).items()):
-        source = os.fspath(path) if builder.native else f"/run/arkes/contexts/{name}"
-        if not builder.native:
-            mounts.append((path.resolve(), source, "ro"))
-        argv += ["--build-context", f"{name}={source}"]
+        argv += ["--build-context", f"{name}={reach(path, f'/run/arkes/contexts/{name}')}"]
     argv += ["-f", file_arg, "-t", tag, context_arg]
     command = ["buildah", *argv] if builder.native else [*_container(builder, mounts, nice=nice), *argv]
 
@@ -187,7 +189,7 @@ def build(
             error=BuildError,
             nice=nice,
             tied=True,
-            on_interrupt=None if builder.native else lambda: _interrupt_container(),
+            on_interrupt=None if builder.native else _interrupt_container,
         )
     except BuildError as exc:
         raise _explained(exc, builder) from None
@@ -202,6 +204,11 @@ def _interrupt_container() -> None:
     """Ctrl-C for the builder's shell: the host's Podman does not pass a SIGINT of its client on to it."""
     name = f"{CONTAINER_PREFIX}{os.getpid()}"
     run.run(["podman", "kill", "--signal", "INT", name], check=False)
+
+
+def _gone(pid: str) -> bool:
+    """Whether the `os` process `pid` (a marker's or a builder container's name) no longer runs."""
+    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
 
 
 def _running(builder: Builder) -> Path:
@@ -257,7 +264,7 @@ def _live_builders() -> list[str]:
     live = []
     for name in listed.stdout.split():
         pid = name.removeprefix(CONTAINER_PREFIX)
-        if pid.isdigit() and (pid == str(os.getpid()) or Path(f"/proc/{pid}").exists()):
+        if pid.isdigit() and not _gone(pid):
             live.append(name)
         else:
             run.run(["podman", "rm", "--force", "--time", "30", name], check=False)
@@ -286,7 +293,7 @@ def sweep(builder: Builder) -> None:
         return
     stale = leftovers(builder)
     for marker in _running(builder).glob("*"):
-        if marker.name.isdigit() and not Path(f"/proc/{marker.name}").exists():
+        if _gone(marker.name):
             marker.unlink(missing_ok=True)
     if stale:
         _buildah(builder, "rm", *(c["id"] for c in stale), what="buildah rm (leftovers of interrupted builds)")
