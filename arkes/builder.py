@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,18 @@ def _live_builders() -> list[str]:
     return live
 
 
+# Buildah names a build's container after its image, `<image>-working-container`, and appends `-N` when that name
+# is taken (two builds from one base, or a leftover of an earlier one).
+_WORKING_NAME = re.compile(r".+-working-container(-[0-9]+)?")
+
+
+def is_working_container(name: str) -> bool:
+    """Whether a container name is one Buildah gives the working container of a build."""
+    return _WORKING_NAME.fullmatch(name) is not None
+
+
 def leftovers(builder: Builder) -> list[dict[str, str]]:
-    """Working containers that builds left in the storage: Buildah's own, named `*-working-container`."""
+    """Working containers that builds left in the storage: Buildah's own, named `*-working-container[-N]`."""
     try:
         listed = _buildah(builder, "containers", "--json", what="buildah containers")
     except CommandError:
@@ -282,7 +293,7 @@ def leftovers(builder: Builder) -> list[dict[str, str]]:
     return [
         {"id": str(c["id"]), "name": str(c.get("containername", ""))}
         for c in found
-        if c.get("builder") and str(c.get("containername", "")).endswith("-working-container")
+        if c.get("builder") and is_working_container(str(c.get("containername", "")))
     ]
 
 

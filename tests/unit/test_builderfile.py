@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from arkes import builderfile, systemfile
+from arkes import builder, builderfile, systemfile
 from arkes.errors import ValidationError
 
 
@@ -92,3 +92,18 @@ def test_parents_that_cannot_be_staged_are_refused(tmp_path: Path) -> None:
     assert caught.value.problems == [
         f"{context}/Systemfile:2: COPY --parents: a.txt matches nothing in the build context"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "working"),
+    [
+        ("arkes-working-container", True),
+        ("arkes-working-container-1", True),
+        ("localhost-arkes-working-container-12", True),
+        ("arkes-builder-4242", False),
+        ("working-container", False),
+        ("arkes-working-container-x", False),
+    ],
+)
+def test_working_containers_are_known_by_name(name: str, working: bool) -> None:
+    assert builder.is_working_container(name) is working
