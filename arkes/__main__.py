@@ -45,6 +45,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.errno == 28:
             log.logger.error("hint: free some space (`os prune`) and try again")
         return 1
+    except Exception as e:
+        if not _is_glib_error(e):
+            raise
+        # libostree, GLib and Gio report through GLib.Error; whatever no caller wrapped still becomes one message.
+        if args.debug:
+            traceback.print_exc()
+        log.logger.error(f"error: {getattr(e, 'message', None) or e}")
+        log.logger.error("hint: run the command again with --debug to see where it failed")
+        return 1
+
+
+def _is_glib_error(e: BaseException) -> bool:
+    """A GLib.Error, recognized without importing PyGObject (verbs like `os check` never load it)."""
+    return any(c.__module__.startswith("gi.") and c.__name__ in ("GError", "Error") for c in type(e).__mro__)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,6 @@ class Plan:
     def base_digest(self) -> str:
         return self.base_digests.get(self.base_image, "")
 
-    @property
-    def tag(self) -> str:
-        return f"{podman.BUILD_REPO}:{self.input_hash[:16]}"
-
 
 @dataclass(frozen=True)
 class Result:
@@ -151,6 +147,9 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
         "org.arkes.base-image": p.base_image,
         "org.arkes.base-digest": p.base_digest,
     }
+    for warning in p.systemfile.state_warnings:
+        log.warn(warning)
+    tag = podman.build_tag(p.input_hash, sysroot.system_id(create=True))
     the_builder = builder.resolve(images.BASE, images.cache_dir())
     if not the_builder.native and images.BASE not in p.base_digests:
         images.ensure(images.BASE)  # the builder itself, for a Systemfile FROM some other image
@@ -165,7 +164,7 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             the_builder,
             containerfile,
             p.context,
-            p.tag,
+            tag,
             labels=labels,
             secrets=secrets,
             contexts=translated.contexts,
@@ -173,7 +172,7 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             nice=True,
         )
     version = next_version(sysroot)
-    with podman.mounted_container(p.tag) as root:
+    with podman.mounted_container(tag) as root:
         with log.step("rewrite"):
             tree.rewrite(root)
         with log.step("check"):

@@ -231,6 +231,9 @@ def cli_diff(args: argparse.Namespace) -> int:
     if args.etc:
         changes = diff.etc(sysroot, args.a)
         what = "etc"
+    elif args.var:
+        changes = diff.var(sysroot, args.a)
+        what = "var"
     else:
         if args.a is None:
             a, b = diff.default_pair(sysroot)
@@ -247,6 +250,8 @@ def cli_diff(args: argparse.Namespace) -> int:
     for c in changes:
         versions = f"  {c.old} -> {c.new}" if what == "packages" and c.kind == "changed" else ""
         versions = versions or (f"  {c.new or c.old}" if what == "packages" else "")
+        if what == "var":
+            versions = f"  ({c.old})"
         if what == "etc" and c.old:
             versions = f"  ({c.old} -> {c.new})"
         print(f"{marks.get(c.kind, '?')} {c.name}{versions}")
@@ -535,6 +540,11 @@ def parser() -> argparse.ArgumentParser:
     kind.add_argument("--packages", action="store_true", help="package changes (the default)")
     kind.add_argument("--files", action="store_true", help="file changes between the two commits")
     kind.add_argument("--etc", action="store_true", help="local changes in /etc against the image's defaults")
+    kind.add_argument(
+        "--var",
+        action="store_true",
+        help="files the image seeds into /var that the machine has its own copy of (the machine's is kept)",
+    )
     json_flag(sub)
 
     sub = verb("du", cli_du, "show where the disk space goes, and what `os prune` would free")

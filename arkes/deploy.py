@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, build, images, log, podman, preflight, run, tree
+from arkes import bootloader, build, du, images, log, podman, preflight, run, services, tree
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import BUILD_REF, OSTree, Sysroot
 
@@ -89,6 +89,8 @@ def _deploy(
             _copy_system_dir(result.plan.context, result.plan.systemfile.path, deployment_dir)
         if customize is not None:
             customize(deployment_dir)
+        for link in services.remove_dangling(deployment_dir):
+            log.info(f"removed {link}: the new image no longer ships its unit")
 
     with log.step("deploy"):
         sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
@@ -207,6 +209,8 @@ def upgrade(
         if merge is not None:
             with log.step("pre-flight"):
                 preflight.check(sysroot, result.checksum, etc, sysroot.deployment_dir(merge) / "usr/etc")
+        if default is not None:
+            _name_kept_var(sysroot, default.get_csum(), result.checksum)
         staged = sysroot.booted is not None
         _deploy(sysroot, result, _install_kargs(sysroot), copy=outside and not staged)
         if outside and staged:
@@ -214,6 +218,20 @@ def upgrade(
             _copy_system_dir(p.context, path, etc.parent)
         log.info(f"deployed version {result.version} ({result.checksum[:12]}); it becomes active on the next boot")
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def _name_kept_var(sysroot: Sysroot, old: str, new: str, shown: int = 10) -> None:
+    """Name each /var path where the new image brings content the machine does not take (its own copy stays)."""
+    from arkes import diff
+
+    kept = diff.var_kept(diff.var_dir(sysroot), diff.commit_reader(sysroot, new), diff.commit_reader(sysroot, old))
+    if not kept:
+        return
+    log.info(f"/var is the machine's: the new image changes {len(kept)} path(s) there that keep the machine's copy:")
+    for change in kept[:shown]:
+        log.info(f"  {change.name}")
+    if len(kept) > shown:
+        log.info(f"  ... and {len(kept) - shown} more; `os diff --var` lists them all")
 
 
 def _downloaded(sysroot: Sysroot, p: build.Plan) -> build.Result | None:
@@ -303,21 +321,14 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
         live = {
-            str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, ""))[:16]
-            for d in sysroot.deployments()
+            str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, "")) for d in sysroot.deployments()
         }
-        stale: list[str] = []
-        for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
-            raw_names = image.get("Names")
-            names = [str(n) for n in raw_names] if isinstance(raw_names, list) else []
-            tags = [n.rsplit(":", 1)[-1] for n in names if n.startswith(podman.BUILD_REPO + ":")]
-            if tags and not any(t in live for t in tags):
-                stale.extend(n for n in names if n.startswith(podman.BUILD_REPO + ":"))
+        stale, _ = du.stale_build_images(sysroot, live)
         image_bytes = 0
         if stale:
             before = podman.storage_bytes()
             with log.step(f"remove {len(stale)} stale build image(s)"):
-                podman.remove_images(stale)
+                podman.untag(stale)
                 podman.prune_dangling()
             image_bytes = max(before - podman.storage_bytes(), 0)
         return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shlex
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arkes import build, deploy, run
+from arkes import build, deploy, run, tree
 from arkes.errors import UsageError
 from arkes.ostree import Sysroot
 
@@ -132,3 +134,91 @@ def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
         else root / "etc"
     )
     return etc_overlay(live, root / "usr/etc")
+
+
+# --- /var: the machine's, seeded once ------------------------------------------------------------------------
+
+Reader = Callable[[str], bytes | None]
+
+
+def var_dir(sysroot: Sysroot) -> Path:
+    """The machine's /var: the running one, or the stateroot's of a sysroot."""
+    return Path("/var") if deploy.is_booted_root(sysroot.path) else sysroot.path / "ostree/deploy/arkes/var"
+
+
+def commit_reader(sysroot: Sysroot, checksum: str) -> Reader:
+    """Read files of a commit without checking it out."""
+
+    def read(path: str) -> bytes | None:
+        node = sysroot.commit_file(checksum, path)
+        if node is None:
+            return None
+        _, data, _ = node.load_contents(None)
+        return bytes(data)
+
+    return read
+
+
+def seeded_files(read: Reader) -> list[tuple[str, str]]:
+    """(/var path, factory path) of every file an image seeds into /var (its `C` lines in tree.TMPFILES)."""
+    text = read(tree.TMPFILES)
+    if text is None:
+        return []
+    seeded = []
+    for line in text.decode(errors="replace").splitlines():
+        try:
+            fields = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        if len(fields) >= 7 and fields[0] == "C" and fields[1].startswith("/var/"):
+            # The argument is the rest of the line (tmpfiles.d(5)), spaces included.
+            seeded.append((fields[1], " ".join(fields[6:]).lstrip("/")))
+    return seeded
+
+
+def _differs(machine: Path, content: bytes | None) -> bool:
+    if content is None or machine.is_symlink() or not machine.is_file():
+        return True
+    try:
+        return machine.read_bytes() != content
+    except OSError:
+        return True
+
+
+def var_kept(var: Path, new: Reader, old: Reader | None = None) -> list[Change]:
+    """/var paths where the image has content the machine does not take, because the machine has its own copy.
+
+    With `old` (the image the machine runs now), only what the new image adds or changes is named: what an
+    upgrade tells. Without it, every seeded file whose machine copy differs from the image's: `os diff --var`.
+    """
+    old_seeded = dict(seeded_files(old)) if old is not None else {}
+    changes = []
+    for path, factory in seeded_files(new):
+        machine = var / path.removeprefix("/var/")
+        if not os.path.lexists(machine):
+            continue  # the next boot seeds it
+        content = new(factory)
+        if old is not None:
+            before = old(old_seeded[path]) if path in old_seeded else None
+            if before is not None and before == content:
+                continue  # the image did not change it
+        if _differs(machine, content):
+            kind = "added" if old is not None and path not in old_seeded else "modified"
+            changes.append(Change(kind, path, "machine's copy kept"))
+    return changes
+
+
+def var(sysroot: Sysroot, index: int | None) -> list[Change]:
+    """`os diff --var`: the image's /var content that the machine's /var does not have (the machine's stays)."""
+    deployment = (sysroot.booted or sysroot.default()) if index is None else _deployment(sysroot, index)
+    if deployment is None:
+        raise UsageError("there is no deployment")
+    root = sysroot.deployment_dir(deployment)
+
+    def read(path: str) -> bytes | None:
+        try:
+            return (root / path).read_bytes()
+        except OSError:
+            return None
+
+    return var_kept(var_dir(sysroot), read)

@@ -124,17 +124,13 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
             kept_objects |= reach_of[commit]
     prune = sum(size for o, size in sizes.items() if o not in kept_objects) + sum(etc_sizes[i] for i in prunable)
 
-    live_hashes = set()
-    for i, d in enumerate(deployments):
-        if i not in prunable:
-            live_hashes.add(str(sysroot.commit(d.get_csum()).metadata.get("arkes.input-hash", ""))[:16])
-    stale = []
-    for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
-        names = image.get("Names")
-        tags = [str(n).rsplit(":", 1)[-1] for n in names] if isinstance(names, list) else []
-        if tags and not any(t in live_hashes for t in tags):
-            stale.append(str(image.get("Id")))
-    prune_images = podman.exclusive_bytes(stale)
+    live = {
+        str(sysroot.commit(d.get_csum()).metadata.get("arkes.input-hash", ""))
+        for i, d in enumerate(deployments)
+        if i not in prunable
+    }
+    _, freed = stale_build_images(sysroot, live)
+    prune_images = podman.exclusive_bytes(freed)
     return Usage(
         repo_bytes=tree_bytes(repo),
         objects_bytes=sum(sizes.values()) + directory_blocks,
@@ -146,3 +142,25 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
         prune_bytes=prune,
         prune_image_bytes=prune_images,
     )
+
+
+def stale_build_images(sysroot: Sysroot, live_hashes: set[str]) -> tuple[list[str], list[str]]:
+    """This system's build images that no kept deployment came from: the names to remove (only this system's own
+    tags, see podman.build_tag), and the images that removing them frees (no other name refers to them)."""
+    system_id = sysroot.system_id(create=False)
+    if not system_id:
+        return [], []
+    live = {podman.build_tag(h, system_id) for h in live_hashes}
+    suffix = podman.build_tag("", system_id).rsplit(":", 1)[-1]
+    names: list[str] = []
+    freed: list[str] = []
+    for image in podman.list_images(f"{podman.BUILD_REPO}:*"):
+        raw = image.get("Names")
+        all_names = [str(n) for n in raw] if isinstance(raw, list) else []
+        ours = [n for n in all_names if n.endswith(suffix) and n not in live]
+        if not ours:
+            continue
+        names += ours
+        if set(all_names) == set(ours):
+            freed.append(str(image.get("Id")))
+    return names, freed

@@ -133,6 +133,26 @@ class Sysroot:
             raise _error(f"loading the sysroot {path}", e) from e
         return sysroot
 
+    def system_id(self, *, create: bool) -> str:
+        """This system's own id, kept in its repository's config: what its build images are tagged with, so that
+        sysroots sharing one container storage never count or remove each other's images. "" when there is none
+        yet and `create` is false."""
+        config = self.repo.copy_config()
+        try:
+            return str(config.get_string(ORIGIN_GROUP, "system-id"))
+        except GLib.Error:
+            if not create:
+                return ""
+        import uuid
+
+        value = uuid.uuid4().hex
+        config.set_string(ORIGIN_GROUP, "system-id", value)
+        try:
+            self.repo.write_config(config)
+        except GLib.Error as e:
+            raise _error("recording the system id", e) from e
+        return value
+
     @_wrap("reloading the sysroot")
     def reload(self) -> None:
         self._sysroot.load(None)
@@ -148,7 +168,15 @@ class Sysroot:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """The sysroot lock (shared with ostree and every other tool using libostree); refuse when held."""
-        acquired = self._sysroot.try_lock()
+        try:
+            acquired = self._sysroot.try_lock()
+        except GLib.Error as e:
+            raise ArkesError(
+                f"cannot take the sysroot lock at {self.path}: {e.message}",
+                hint="the sysroot must be writable for this command: mount it read-write (or run it as root)"
+                if "Read-only" in e.message or "Permission denied" in e.message
+                else None,
+            ) from e
         if isinstance(acquired, tuple):
             acquired = acquired[-1]
         if not acquired:

@@ -86,6 +86,18 @@ def remove_images(refs: list[str]) -> None:
         run.run(_podman("rmi", "--force", *refs), check=False)
 
 
+def build_tag(input_hash: str, system_id: str) -> str:
+    """The name of a system's build image: its inputs and the system it belongs to (see du.stale_build_images).
+    Sysroots on one container storage that build the same inputs share the image, each with its own tag."""
+    return f"{BUILD_REPO}:{input_hash[:16]}-{system_id[:12]}"
+
+
+def untag(names: list[str]) -> None:
+    """Remove these names; an image keeps existing while another name (another system's) still refers to it."""
+    for name in names:
+        run.run(_podman("untag", name, name), check=False)
+
+
 def list_images(reference: str) -> list[dict[str, object]]:
     result = run.run(_podman("images", "--format", "json", "--filter", f"reference={reference}"))
     images: list[dict[str, object]] = json.loads(result.stdout or "[]")

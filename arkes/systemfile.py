@@ -105,6 +105,8 @@ class Systemfile:
     text: str
     instructions: tuple[Instruction, ...]
     stages: tuple[Stage, ...]
+    # Warnings the build repeats, because they concern the machine, not the syntax: writes under /var.
+    state_warnings: tuple[str, ...] = ()
 
     @property
     def base_image(self) -> str:
@@ -155,7 +157,7 @@ def check(path: Path, context: Path | None = None, build_args: Mapping[str, str]
     def render(found: list[tuple[int, str]]) -> tuple[str, ...]:
         return tuple(f"{path}:{line}: {message}" for line, message in sorted(found, key=lambda item: item[0]))
 
-    systemfile = Systemfile(path, text, checker.instructions, tuple(checker.stages))
+    systemfile = Systemfile(path, text, checker.instructions, tuple(checker.stages), render(checker.state_warnings))
     return Report(render(checker.errors), render(checker.warnings), systemfile)
 
 
@@ -189,6 +191,13 @@ def _binary(data: bytes) -> tuple[int, str] | None:
         return None
     offset, message = min(offsets)
     return data.count(b"\n", 0, offset) + 1, message
+
+
+def _is_machine_state(destination: str) -> bool:
+    """Whether a destination is under /var, except its caches and scratch space, which no upgrade keeps."""
+    path = "/" + destination.strip().lstrip("/")
+    parts = [p for p in path.split("/") if p and p != "."]
+    return bool(parts) and parts[0] == "var" and (len(parts) < 2 or parts[1] not in ("tmp", "cache", "log"))
 
 
 def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
@@ -232,6 +241,7 @@ class _Checker:
         self.context, self.build_args = context, build_args
         self.errors: list[tuple[int, str]] = []
         self.warnings: list[tuple[int, str]] = []
+        self.state_warnings: list[tuple[int, str]] = []
         self.instructions: tuple[Instruction, ...] = ()
         self.stages: list[Stage] = []
         self.states: list[_StageState] = []
@@ -582,6 +592,15 @@ class _Checker:
             for source in paths:
                 if _URL.match(source):
                     self.error(line, f"COPY source {source} is a URL or Git repository: COPY cannot fetch it, ADD can")
+        destination = self._expand(ins, lexer, ins.value[-1])
+        if destination is not None and _is_machine_state(destination):
+            why = (
+                f"{cmd} to {destination}: /var belongs to the machine; an image's /var content seeds a machine once "
+                "and later changes there never arrive (put files in /usr and create state with tmpfiles.d or "
+                "a unit's StateDirectory=)"
+            )
+            self.warnings.append((line, why))
+            self.state_warnings.append((line, why))
         if not flags.get("from") and "<<" not in ins.value and not _meant_json(cmd, " ".join(ins.value)):
             # A source built from variables depends on the build arguments of the real build: it is not checked.
             self._check_sources(

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from arkes import __version__, build, deploy, podman
+from arkes import __version__, build, deploy, log, podman
 from arkes.errors import ArkesError
 from arkes.ostree import Sysroot
 
@@ -128,8 +128,8 @@ def parse_upgradable(text: str) -> list[Finding]:
     return findings
 
 
-def _package_findings(metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
-    image = f"{podman.BUILD_REPO}:{str(metadata.get(build.META_INPUT_HASH, ''))[:16]}"
+def _package_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+    image = podman.build_tag(str(metadata.get(build.META_INPUT_HASH, "")), sysroot.system_id(create=False))
     if not podman.image_exists(image):
         errors.append(f"the image of the default deployment ({image}) is not in container storage")
         return []
@@ -151,10 +151,14 @@ def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
     findings = _input_findings(sysroot, metadata)
     findings += _base_findings(metadata, errors)
     if packages:
-        findings += _package_findings(metadata, errors)
+        findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
-    _record(sysroot, report)
+    try:
+        _record(sysroot, report)
+    except OSError as e:
+        # A read-only sysroot can still be asked; only `os status` misses the report.
+        log.warn(f"the report is not kept for `os status`: {e.strerror}: {e.filename}")
     return report
 
 

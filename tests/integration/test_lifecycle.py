@@ -4,6 +4,7 @@ prune → pin. One sysroot for the module; each test continues from the state th
 from __future__ import annotations
 
 import datetime
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -162,13 +163,45 @@ def test_prune_keeps_newest_and_pinned(system: System) -> None:
     (only,) = system.status()
     assert only["checksum"] == deployments[0]["checksum"]
     system.fsck()
-    images = subprocess.run(
+    assert build_tags(system) == [f"{only['input_hash'][:16]}-{system_id(system)[:12]}"], (
+        "this system's build images that no deployment came from are removed"
+    )
+
+
+def system_id(system: System) -> str:
+    config = (system.repo / "config").read_text()
+    (line,) = [line for line in config.splitlines() if line.startswith("system-id=")]
+    return line.split("=", 1)[1].strip()
+
+
+def build_tags(system: System | None = None) -> list[str]:
+    """Tags of build images in the host's storage: this system's, or every system's."""
+    tags = subprocess.run(
         ["podman", "images", "--format", "{{.Tag}}", "--filter", "reference=localhost/arkes-build"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert images == [only["input_hash"][:16]], "build images no deployment came from are removed"
+    return sorted(t for t in tags if system is None or t.endswith("-" + system_id(system)[:12]))
+
+
+def test_prune_and_du_leave_other_systems_images_alone(
+    system: System, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A second system on the same container storage, built from the same inputs and from its own.
+    body = V1 + "RUN echo neighbour > /usr/share/neighbour\n"
+    other = installed(tmp_path_factory, "neighbour", body, **{"hello.txt": "hello from the context\n"})
+    theirs = build_tags(other)
+    assert len(theirs) == 1 and theirs[0] not in build_tags(system)
+    empty = tmp_path_factory.mktemp("empty") / "sysroot"
+    empty.mkdir()
+    subprocess.run(["ostree", "admin", "init-fs", "--modern", str(empty)], check=True, capture_output=True)
+    du = json.loads(System(empty).os("du", "--json").stdout)
+    assert du["prune_image_bytes"] == 0, "a system that built nothing has no build images to prune"
+    system.os("prune", "--keep", "1")
+    assert build_tags(other) == theirs, "pruning one system leaves the other's build images"
+    other.os("prune", "--keep", "1")
+    assert build_tags(other) == theirs, "its own deployment still comes from it"
 
 
 def test_pin_of_a_missing_index_is_refused(system: System) -> None:

@@ -601,3 +601,23 @@ def test_report_has_errors_and_warnings_apart(tmp_path: Path) -> None:
     assert [w.split(": ")[1] for w in report.warnings] == ["MAINTAINER is deprecated", "extra FROM"]
     assert report.systemfile.base_image == "localhost/arkes:base"
     assert systemfile.problems(path) == list(report.errors) and systemfile.warnings(path) == list(report.warnings)
+
+
+def test_writes_under_var_are_warned_about_and_kept_for_the_build(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site/index.html").write_text("hi\n")
+    text = (
+        "FROM localhost/arkes:base\n"
+        "COPY site/ /var/www/html/\n"
+        "ENV D=/var/lib/app\n"
+        "COPY site/index.html ${D}/\n"
+        "COPY site/index.html /var/cache/app/\n"
+        "COPY site/index.html /usr/share/app/\n"
+        "RUN post_build\n"
+    )
+    path = write(tmp_path, text)
+    warnings = systemfile.warnings(path)
+    assert [w.split(": ")[0].rsplit(":", 1)[1] for w in warnings] == ["2", "4"]
+    assert "COPY to /var/www/html/: /var belongs to the machine" in warnings[0]
+    assert "tmpfiles.d" in warnings[0] and "StateDirectory=" in warnings[0]
+    assert systemfile.load(path).state_warnings == tuple(warnings)
