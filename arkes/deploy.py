@@ -14,7 +14,7 @@ from pathlib import Path
 
 from arkes import bootloader, build, du, images, log, podman, preflight, run, services, tree
 from arkes.errors import ArkesError, UsageError
-from arkes.ostree import BUILD_REF, OSTree, Sysroot
+from arkes.ostree import BUILD_REF, STATEROOT, OSTree, Sysroot
 
 SYSTEM_DIR = "etc/system"
 ORIGIN_INSTALL_KARGS = "install-kargs"
@@ -33,6 +33,11 @@ def system_etc(sysroot: Sysroot) -> Path:
     if default is None:
         raise ArkesError(f"{sysroot.path} has no deployment", hint="install a system with `os --sysroot DIR install`")
     return sysroot.deployment_dir(default) / "etc"
+
+
+def system_var(sysroot: Sysroot) -> Path:
+    """The machine's /var: the running one, or the stateroot's of a sysroot."""
+    return Path("/var") if is_booted_root(sysroot.path) else sysroot.path / "ostree/deploy" / STATEROOT / "var"
 
 
 def machine_kargs(system_dir: Path) -> list[str]:
@@ -224,7 +229,7 @@ def _name_kept_var(sysroot: Sysroot, old: str, new: str, shown: int = 10) -> Non
     """Name each /var path where the new image brings content the machine does not take (its own copy stays)."""
     from arkes import diff
 
-    kept = diff.var_kept(diff.var_dir(sysroot), diff.commit_reader(sysroot, new), diff.commit_reader(sysroot, old))
+    kept = diff.var_kept(system_var(sysroot), diff.commit_reader(sysroot, new), diff.commit_reader(sysroot, old))
     if not kept:
         return
     log.info(f"/var is the machine's: the new image changes {len(kept)} path(s) there that keep the machine's copy:")

@@ -141,11 +141,6 @@ def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
 Reader = Callable[[str], bytes | None]
 
 
-def var_dir(sysroot: Sysroot) -> Path:
-    """The machine's /var: the running one, or the stateroot's of a sysroot."""
-    return Path("/var") if deploy.is_booted_root(sysroot.path) else sysroot.path / "ostree/deploy/arkes/var"
-
-
 def commit_reader(sysroot: Sysroot, checksum: str) -> Reader:
     """Read files of a commit without checking it out."""
 
@@ -221,4 +216,4 @@ def var(sysroot: Sysroot, index: int | None) -> list[Change]:
         except OSError:
             return None
 
-    return var_kept(var_dir(sysroot), read)
+    return var_kept(deploy.system_var(sysroot), read)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import podman
-from arkes.ostree import BUILD_REF, OSTree, Sysroot
+from arkes.ostree import BUILD_REF, META_INPUT_HASH, OSTree, Sysroot
 
 _SUFFIX = {
     OSTree.ObjectType.FILE: "file",
@@ -125,7 +125,7 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
     prune = sum(size for o, size in sizes.items() if o not in kept_objects) + sum(etc_sizes[i] for i in prunable)
 
     live = {
-        str(sysroot.commit(d.get_csum()).metadata.get("arkes.input-hash", ""))
+        str(sysroot.commit(d.get_csum()).metadata.get(META_INPUT_HASH, ""))
         for i, d in enumerate(deployments)
         if i not in prunable
     }

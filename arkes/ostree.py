@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class Sysroot:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(os.fspath(path)))
         self._locked = False
+        self._commit_roots: dict[str, Any] = {}
 
     @staticmethod
     def is_initialized(path: Path) -> bool:
@@ -143,8 +145,6 @@ class Sysroot:
         except GLib.Error:
             if not create:
                 return ""
-        import uuid
-
         value = uuid.uuid4().hex
         config.set_string(ORIGIN_GROUP, "system-id", value)
         try:
@@ -340,7 +340,11 @@ class Sysroot:
     @_wrap("reading the commit's tree")
     def commit_file(self, checksum: str, path: str) -> Any:
         """The Gio.File of `path` inside a commit (an OSTree.RepoFile), or None when absent."""
-        _, root, _ = self.repo.read_commit(checksum, None)
+        root = self._commit_roots.get(checksum)
+        if root is None:
+            # A commit never changes: its root is read once, however many of its files are asked for.
+            _, root, _ = self.repo.read_commit(checksum, None)
+            self._commit_roots[checksum] = root
         node = root.resolve_relative_path(path.lstrip("/"))
         return node if node.query_exists(None) else None
 

@@ -81,11 +81,6 @@ def tag(ref: str, new: str) -> None:
     run.run(_podman("tag", ref, new))
 
 
-def remove_images(refs: list[str]) -> None:
-    if refs:
-        run.run(_podman("rmi", "--force", *refs), check=False)
-
-
 def build_tag(input_hash: str, system_id: str) -> str:
     """The name of a system's build image: its inputs and the system it belongs to (see du.stale_build_images).
     Sysroots on one container storage that build the same inputs share the image, each with its own tag."""

@@ -56,9 +56,7 @@ class Report:
 
 
 def state_path(sysroot: Sysroot) -> Path:
-    if deploy.is_booted_root(sysroot.path):
-        return Path("/var") / STATE_FILE
-    return sysroot.path / "ostree/deploy/arkes/var" / STATE_FILE
+    return deploy.system_var(sysroot) / STATE_FILE
 
 
 def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]:
