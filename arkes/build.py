@@ -1,12 +1,14 @@
 """Systemfile → image → rewritten, checked tree → OSTree commit, with the input hash that makes no-op upgrades free.
 
 The input hash covers everything a build reads: the Systemfile, every file of its context, the digest of every
-base image, the kernel arguments and the tool's version. It is stored in each commit; equal hashes mean an
+base image, the kernel arguments, the tool's version and the package state (the release of every package
+repository the image uses, see arkes.packages). It is stored in each commit; equal hashes mean an
 equal system, so `os upgrade` can skip the build entirely.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import __version__, builder, images, lint, log, podman, tree
+from arkes import __version__, builder, images, lint, log, packages, podman, tree
 from arkes.errors import UsageError
 from arkes.ostree import BUILD_REF, Sysroot
 from arkes.ostree import META_BASE_DIGEST as META_BASE_DIGEST
@@ -27,6 +29,8 @@ from arkes.ostree import META_CONTEXT as META_CONTEXT
 from arkes.ostree import META_INPUT_HASH as META_INPUT_HASH
 from arkes.ostree import META_KARGS as META_KARGS
 from arkes.ostree import META_MACHINE_KARGS as META_MACHINE_KARGS
+from arkes.ostree import META_PACKAGE_INDEXES as META_PACKAGE_INDEXES
+from arkes.ostree import META_PACKAGE_STATE as META_PACKAGE_STATE
 from arkes.ostree import META_PACKAGES as META_PACKAGES
 from arkes.ostree import META_SYSTEMFILE_SHA256 as META_SYSTEMFILE_SHA256
 from arkes.ostree import META_TOOL_VERSION as META_TOOL_VERSION
@@ -49,10 +53,16 @@ class Plan:
     base_digests: dict[str, str]
     input_hash: str
     manifest: tuple[tuple[str, str], ...]
+    package_state: packages.State = dataclasses.field(default_factory=lambda: packages.State({}))
 
     @property
     def base_digest(self) -> str:
         return self.base_digests.get(self.base_image, "")
+
+    def with_packages(self, state: packages.State) -> Plan:
+        """The same plan against another package state (a new input, so a new input hash)."""
+        ihash = input_hash(self.systemfile.text.encode(), self.manifest, self.base_digests, self.kargs, state.digest)
+        return dataclasses.replace(self, package_state=state, input_hash=ihash)
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,17 @@ def _context_files(context: Path) -> list[Path]:
     return files
 
 
+# Files of /etc/system that configure the tool, not the system: no input of a build.
+NOT_INPUTS = frozenset({"updates.conf"})
+
+
 def context_manifest(context: Path) -> list[tuple[str, str]]:
     """Every file of the build context: (relative path, `F mode sha256` or `L target`), sorted."""
     manifest = []
     for path in _context_files(context):
         relative = path.relative_to(context).as_posix()
+        if relative in NOT_INPUTS:
+            continue
         if path.is_symlink():
             manifest.append((relative, f"L {os.readlink(path)}"))
         elif path.is_file():
@@ -86,19 +102,30 @@ def context_manifest(context: Path) -> list[tuple[str, str]]:
 
 
 def input_hash(
-    sf_text: bytes, manifest: Sequence[tuple[str, str]], base_digests: dict[str, str], kargs: Sequence[str]
+    sf_text: bytes,
+    manifest: Sequence[tuple[str, str]],
+    base_digests: dict[str, str],
+    kargs: Sequence[str],
+    package_state: str = "",
 ) -> str:
-    digest = hashlib.sha256(f"arkes-inputs 2\ntool {__version__}\n".encode())
+    digest = hashlib.sha256(f"arkes-inputs 3\ntool {__version__}\n".encode())
     digest.update(b"systemfile\n" + hashlib.sha256(sf_text).digest())
     for relative, entry in manifest:
         digest.update(f"{relative}\0{entry}\n".encode())
     for ref in sorted(base_digests):
         digest.update(f"base {ref} {base_digests[ref]}\n".encode())
     digest.update(("kargs " + " ".join(kargs) + "\n").encode())
+    digest.update(f"packages {package_state}\n".encode())
     return digest.hexdigest()
 
 
-def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Plan:
+def plan(
+    path: Path,
+    kargs: Sequence[str],
+    *,
+    ensure_images: bool = True,
+    package_state: packages.State | None = None,
+) -> Plan:
     """Validate the Systemfile, make sure its base images exist, and compute the input hash."""
     context = path.parent
     from arkes import systemfile
@@ -116,8 +143,28 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
             )
         digests[ref] = podman.image_digest(ref)
     manifest = context_manifest(context)
-    ihash = input_hash(sf.text.encode(), manifest, digests, kargs)
-    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
+    state = package_state or packages.State({})
+    ihash = input_hash(sf.text.encode(), manifest, digests, kargs, state.digest)
+    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest), state)
+
+
+def image_release_urls(ref: str) -> list[str]:
+    """The package repositories an image's apt is configured with (see packages.release_urls)."""
+    with podman.mounted_container(ref) as root:
+        return packages.release_urls(root / "etc/apt")
+
+
+def _settle_packages(p: Plan, root: Path) -> Plan:
+    """The plan against the repositories the built image really uses: the Systemfile may add or drop some."""
+    urls = set(packages.release_urls(root / "etc/apt"))
+    known = dict(p.package_state.indexes)
+    if urls == set(known):
+        return p
+    fetched = packages.fetch_state(urls - set(known))
+    for problem in fetched.unreachable:
+        log.warn(f"cannot read a package repository the image uses: {problem}")
+    indexes = {url: sha for url, sha in (known | fetched.indexes).items() if url in urls}
+    return p.with_packages(packages.State(indexes, fetched.unreachable))
 
 
 def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
@@ -142,7 +189,6 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
     `secrets` (id → file) reach `RUN --mount=type=secret` only: they are in no layer and no input of the hash.
     """
     labels = {
-        "org.arkes.input-hash": p.input_hash,
         "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
         "org.arkes.base-image": p.base_image,
         "org.arkes.base-digest": p.base_digest,
@@ -157,7 +203,9 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
         # The builder reads the Systemfile in the syntax it knows (same lines, same result: see builderfile).
         from arkes import builderfile
 
-        translated = builderfile.translate(p.systemfile, p.context, Path(tmp) / "contexts")
+        translated = builderfile.translate(
+            p.systemfile, p.context, Path(tmp) / "contexts", package_state=p.package_state.digest
+        )
         containerfile = Path(tmp) / "Systemfile"
         containerfile.write_text(translated.text)
         builder.build(
@@ -173,6 +221,12 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
         )
     version = next_version(sysroot)
     with podman.mounted_container(tag) as root:
+        settled = _settle_packages(p, root)
+        if settled is not p:
+            # Named after what it was built against, so that the next upgrade finds it up to date.
+            podman.tag(tag, podman.build_tag(settled.input_hash, sysroot.system_id(create=True)))
+            podman.untag([tag])
+            p = settled
         with log.step("rewrite"):
             tree.rewrite(root)
         with log.step("check"):
@@ -191,6 +245,8 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             META_TOOL_VERSION: __version__,
             META_CONTEXT: list(p.manifest),
             META_MACHINE_KARGS: list(p.kargs),
+            META_PACKAGE_STATE: p.package_state.digest,
+            META_PACKAGE_INDEXES: sorted(p.package_state.indexes.items()),
             "ostree.bootable": True,
         }
         if kernels:

@@ -10,6 +10,10 @@ builder says still points at the Systemfile's own lines:
 - `RUN --security=sandbox` loses the flag: it is the default.
 - `COPY --parents SRC... DEST` becomes `COPY --from=CONTEXT . DEST`, CONTEXT being a build context staged here that
   holds each source at its path in the build context (or below its `/./` pivot), which is what --parents copies.
+
+One step is added after the last line: `update_packages` with the package state (see arkes.packages) in its command
+line. Every layer above it stays cached while the Systemfile is unchanged; when the repositories publish new
+versions, the state and so this step change, and it alone runs again, bringing every installed package up to date.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ class Translated:
     contexts: dict[str, Path] = field(default_factory=dict)
 
 
-def translate(sf: Systemfile, context: Path, staging: Path) -> Translated:
+UPDATE_HELPER = "/usr/lib/system/update_packages"
+
+
+def update_step(package_state: str) -> str:
+    """The last step of every build whose image has package repositories (see the module's docstring)."""
+    script = f'[ ! -x {UPDATE_HELPER} ] || exec {UPDATE_HELPER} "$0"'
+    return "RUN " + json.dumps(["/bin/sh", "-c", script, package_state])
+
+
+def translate(sf: Systemfile, context: Path, staging: Path, *, package_state: str = "") -> Translated:
     """Rewrite `sf` for the builder; build contexts for `COPY --parents` are staged under `staging`."""
     lines = sf.text.removeprefix(BOM).split("\n")
     _escape_first(lines)
@@ -61,6 +74,8 @@ def translate(sf: Systemfile, context: Path, staging: Path) -> Translated:
             _replace(lines, ins, _copy_from(ins, name))
     if problems:
         raise ValidationError(problems, hint="copy those sources one COPY each, to their full destination path")
+    if package_state:
+        lines += ["", "# added by os: the package state of this build", update_step(package_state)]
     return Translated("\n".join(lines), contexts)
 
 

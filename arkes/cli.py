@@ -189,8 +189,21 @@ def cli_upgrade(args: argparse.Namespace) -> int:
 
     if args.check:
         return cli_checkupdates(args)
+    if args.automatic:
+        from arkes import updates
+
+        policy = updates.automatic_policy(deploy.system_etc(open_target(args)) / "system")
+        log.info(f"automatic updates: {policy} ({updates.POLICIES[policy]})")
+        if policy == "check":
+            return cli_checkupdates(args)
     sysroot = open_target(args, writes=True)
-    outcome = deploy.upgrade(sysroot, _systemfile_arg(args), deploy=not args.download_only, secrets=_secrets_arg(args))
+    outcome = deploy.upgrade(
+        sysroot,
+        _systemfile_arg(args),
+        deploy=not args.download_only,
+        package_updates=not args.no_package_updates,
+        secrets=_secrets_arg(args),
+    )
     _outcome(args, outcome)
     if args.download_only and not outcome.up_to_date:
         log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
@@ -501,10 +514,23 @@ def parser() -> argparse.ArgumentParser:
         "build the Systemfile and deploy it as the next boot's default",
         "Build the Systemfile and deploy the result beside the current system as the new default.\n"
         "When nothing it reads changed (same input hash as the default deployment), says so and does\n"
-        "nothing. Local changes in /etc are carried into the new deployment.",
+        "nothing. What it reads includes the package state: the release of every package repository\n"
+        "the image uses. When a repository publishes new versions, the build brings every installed\n"
+        "package up to date and the upgrade names each package that changes before it deploys.\n"
+        "Local changes in /etc are carried into the new deployment.",
     )
     systemfile_flag(sub)
     json_flag(sub)
+    sub.add_argument(
+        "--no-package-updates",
+        action="store_true",
+        help="keep the package state of the default deployment: rebuild only what the Systemfile changed",
+    )
+    sub.add_argument(
+        "--automatic",
+        action="store_true",
+        help="what the daily timer runs: check only, or build and stage, as /etc/system/updates.conf says",
+    )
 
     sub.add_argument("--check", action="store_true", help="only report available updates (as `os checkupdates`)")
     sub.add_argument(
@@ -524,6 +550,8 @@ def parser() -> argparse.ArgumentParser:
     )
     json_flag(sub)
     sub.add_argument("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")
+    sub.add_argument("--no-package-updates", action="store_true", help=argparse.SUPPRESS)
+    sub.add_argument("--automatic", action="store_true", help=argparse.SUPPRESS)
 
     sub = verb(
         "diff",

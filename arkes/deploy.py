@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, build, du, images, log, podman, preflight, run, services, tree
+from arkes import bootloader, build, du, images, log, packages, podman, preflight, run, services, tree
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import BUILD_REF, STATEROOT, OSTree, Sysroot
 
 SYSTEM_DIR = "etc/system"
 ORIGIN_INSTALL_KARGS = "install-kargs"
 ORIGIN_INPUT_HASH = "input-hash"
+PACKAGE_CACHE = "lib/arkes/package-indexes.json"
 
 
 def is_booted_root(path: Path) -> bool:
@@ -38,6 +39,23 @@ def system_etc(sysroot: Sysroot) -> Path:
 def system_var(sysroot: Sysroot) -> Path:
     """The machine's /var: the running one, or the stateroot's of a sysroot."""
     return Path("/var") if is_booted_root(sysroot.path) else sysroot.path / "ostree/deploy" / STATEROOT / "var"
+
+
+def package_state(
+    p: build.Plan, recorded: dict[str, str], *, updates: bool = True, cache: Path | None = None
+) -> packages.State:
+    """The package state to build against: the repositories' current releases, or with `updates` off the recorded
+    ones. A repository that cannot be reached counts as unchanged (its recorded release), and is named."""
+    if not updates:
+        return packages.State(dict(recorded))
+    urls = list(recorded) or (build.image_release_urls(p.base_image) if p.base_image else [])
+    state = packages.fetch_state(urls, cache=cache)
+    for problem in state.unreachable:
+        log.warn(f"cannot reach a package repository, its packages count as unchanged: {problem}")
+    if not state.unreachable:
+        return state
+    kept = {url: sha for url, sha in recorded.items() if url not in state.indexes}
+    return packages.State(state.indexes | kept, state.unreachable)
 
 
 def machine_kargs(system_dir: Path) -> list[str]:
@@ -132,6 +150,7 @@ def install(
     created = not path.exists()
     # Everything that can be refused is checked before the sysroot is made.
     p = build.plan(source, machine_kargs(source.parent))
+    p = p.with_packages(package_state(p, {}))
     try:
         sysroot = Sysroot.initialize(path)
         with sysroot.lock():
@@ -181,12 +200,14 @@ def upgrade(
     *,
     deploy: bool,
     reuse: bool = True,
+    package_updates: bool = True,
     secrets: Mapping[str, Path] | None = None,
 ) -> Outcome:
     """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
 
     With reuse, inputs equal to the default deployment's mean "up to date", and a commit already built from the
-    same inputs (`--download-only`) is deployed without building again.
+    same inputs (`--download-only`) is deployed without building again. Without package_updates, the package
+    state stays the default deployment's (see arkes.packages).
     """
     with sysroot.lock():
         sysroot.reload()
@@ -194,11 +215,16 @@ def upgrade(
         path = resolve_systemfile(sysroot, systemfile)
         p = build.plan(path, machine_kargs(etc / "system"))
         default = sysroot.default()
-        if reuse and default is not None:
-            current = sysroot.commit(default.get_csum())
-            if current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
-                log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
-                return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+        current = sysroot.commit(default.get_csum()) if default is not None else None
+        recorded = packages.recorded(current.metadata.get(build.META_PACKAGE_INDEXES)) if current else {}
+        state = package_state(p, recorded, updates=package_updates, cache=system_var(sysroot) / PACKAGE_CACHE)
+        moved = state.changed(recorded) if recorded else []
+        for url in moved:
+            log.info(f"package repository {url} published a new release")
+        p = p.with_packages(state)
+        if reuse and current is not None and current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
+            log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
+            return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         result = _downloaded(sysroot, p) if reuse else None
         if result is None:
             result = build.build(sysroot, p, secrets=secrets)
@@ -206,6 +232,8 @@ def upgrade(
             log.info(f"deploying version {result.version}, built earlier by `os upgrade --download-only`")
         else:
             log.info(f"version {result.version} is already built from these inputs")
+        if current is not None:
+            _name_package_changes(sysroot, current.checksum, result.checksum)
         if not deploy:
             return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
         # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
@@ -223,6 +251,19 @@ def upgrade(
             _copy_system_dir(p.context, path, etc.parent)
         log.info(f"deployed version {result.version} ({result.checksum[:12]}); it becomes active on the next boot")
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
+
+
+def _name_package_changes(sysroot: Sysroot, old: str, new: str) -> None:
+    """Say which packages the new system changes (name, old → new), before anything is deployed."""
+    from arkes import diff
+
+    changes = diff.package_changes(sysroot.commit(old).metadata, sysroot.commit(new).metadata)
+    if not changes:
+        log.info("packages: none change")
+        return
+    log.info(f"packages: {len(changes)} change")
+    for c in changes:
+        log.info(f"  {c.name} {c.old or '(new)'} -> {c.new or '(removed)'}")
 
 
 def _name_kept_var(sysroot: Sysroot, old: str, new: str, shown: int = 10) -> None:

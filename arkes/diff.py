@@ -10,7 +10,7 @@ import filecmp
 import os
 import shlex
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,17 @@ def _deployment(sysroot: Sysroot, index: int) -> Any:
 
 
 def packages(sysroot: Sysroot, a: int, b: int) -> list[Change]:
-    def listing(index: int) -> dict[str, str]:
-        meta = sysroot.commit(_deployment(sysroot, index).get_csum()).metadata
-        return {str(n): str(v) for n, v in meta.get(build.META_PACKAGES, [])}
+    def metadata(index: int) -> dict[str, Any]:
+        meta: dict[str, Any] = sysroot.commit(_deployment(sysroot, index).get_csum()).metadata
+        return meta
 
-    old, new = listing(a), listing(b)
+    return package_changes(metadata(a), metadata(b))
+
+
+def package_changes(old_metadata: Mapping[str, Any], new_metadata: Mapping[str, Any]) -> list[Change]:
+    """Packages added, removed or at another version between two commits (from their package lists)."""
+    old = {str(n): str(v) for n, v in old_metadata.get(build.META_PACKAGES, [])}
+    new = {str(n): str(v) for n, v in new_metadata.get(build.META_PACKAGES, [])}
     changes = []
     for name in sorted(set(old) | set(new)):
         if name not in old:

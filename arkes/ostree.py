@@ -39,6 +39,8 @@ META_KARGS = "arkes.kargs"
 META_TOOL_VERSION = "arkes.tool-version"
 META_CONTEXT = "arkes.context"
 META_MACHINE_KARGS = "arkes.machine-kargs"
+META_PACKAGE_STATE = "arkes.package-state"
+META_PACKAGE_INDEXES = "arkes.package-indexes"
 
 
 def _check(result: Any, what: str) -> Any:

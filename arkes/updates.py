@@ -1,9 +1,10 @@
 """`os checkupdates`: what an upgrade would change, found without changing anything.
 
-Four kinds of findings, one line each: the declared inputs (Systemfile, context files, kernel arguments, the tool)
+Findings, one line each: the declared inputs (Systemfile, context files, kernel arguments, the tool)
 differ from those the default deployment was built from; the base image changed (its local digest, and for images
-from a registry the registry's digest, read without pulling); package updates for the deployed image, asked of the
-image's own package manager in a container made from it. The last report is kept for `os status`.
+from a registry the registry's digest, read without pulling); a package repository published a new release (see
+arkes.packages); package updates for the deployed image, asked of the image's own package manager in a container
+made from it. The last report is kept for `os status`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from arkes import __version__, build, deploy, log, podman
-from arkes.errors import ArkesError
+from arkes import __version__, build, deploy, log, packages, podman
+from arkes.errors import ArkesError, UsageError
 from arkes.ostree import Sysroot
 
 STATE_FILE = "lib/arkes/checkupdates.json"
+POLICY_FILE = "updates.conf"
+POLICIES = {
+    "check": "the daily timer only reports updates",
+    "stage": "the daily timer builds an update and stages it for the next boot",
+}
+
+
+def automatic_policy(system_dir: Path) -> str:
+    """What the daily timer does, from `/etc/system/updates.conf` (`policy = check|stage`; check without it)."""
+    path = system_dir / POLICY_FILE
+    if not path.is_file():
+        return "check"
+    policy = "check"
+    for number, raw in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, equals, value = (part.strip() for part in line.partition("="))
+        if not equals or key != "policy":
+            raise UsageError(f"{path}:{number}: expected `policy = check` or `policy = stage`, not {raw.strip()!r}")
+        if value not in POLICIES:
+            raise UsageError(f"{path}:{number}: unknown policy {value!r}", hint=f"choose one of: {', '.join(POLICIES)}")
+        policy = value
+    return policy
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # systemfile, context, kargs, tool, base-image, registry, package
+    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package
     subject: str
     old: str
     new: str
@@ -33,6 +58,8 @@ class Finding:
     def line(self) -> str:
         if self.kind == "package":
             return f"package {self.subject} {self.old} -> {self.new}"
+        if self.kind == "repository":
+            return f"repository {self.subject}: new release ({self.old} -> {self.new})"
         if self.kind == "context":
             return f"context {self.subject}: {self.new}"
         return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
@@ -140,6 +167,16 @@ def _package_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[s
     return parse_upgradable(output)
 
 
+def _repository_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+    """Repositories that published a new release since the default deployment was built (see arkes.packages)."""
+    recorded = packages.recorded(metadata.get(build.META_PACKAGE_INDEXES))
+    if not recorded:
+        return []
+    state = packages.fetch_state(recorded, cache=deploy.system_var(sysroot) / deploy.PACKAGE_CACHE)
+    errors += [f"cannot reach a package repository: {problem}" for problem in state.unreachable]
+    return [Finding("repository", url, recorded[url][:12], state.indexes[url][:12]) for url in state.changed(recorded)]
+
+
 def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
     default = sysroot.default()
     if default is None:
@@ -149,6 +186,7 @@ def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
     findings = _input_findings(sysroot, metadata)
     findings += _base_findings(metadata, errors)
     if packages:
+        findings += _repository_findings(sysroot, metadata, errors)
         findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
