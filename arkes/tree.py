@@ -230,10 +230,28 @@ def _is_volatile(relative: str) -> bool:
     return any(relative == v or relative.startswith(v + "/") for v in VOLATILE)
 
 
+def _account_names(root: Path, name: str) -> dict[int, str]:
+    """id → name of the image's users (`passwd`) or groups (`group`), from its /etc wherever it is now."""
+    for etc in ("usr/etc", "etc"):
+        path = root / etc / name
+        if path.is_file():
+            names: dict[int, str] = {}
+            for line in path.read_text(errors="replace").splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[2].isdigit():
+                    names.setdefault(int(fields[2]), fields[0])
+            return names
+    return {}
+
+
 def _write_var_tmpfiles(root: Path) -> None:
-    """Describe everything in /var as tmpfiles.d lines, keep needed file content in the factory, empty /var."""
+    """Describe everything in /var as tmpfiles.d lines, keep needed file content in the factory, empty /var.
+
+    Owners other than root are written by name: on a machine whose own users hold an id the image gives someone
+    else, the image's user has another id there (see arkes.users), and the name is what stays true."""
     var = root / "var"
     declared = declared_paths(root)
+    owners = (_account_names(root, "passwd"), _account_names(root, "group"))
     lines = ["# Made by `os` from the image's /var: recreated at boot, never overwriting what exists."]
     if var.is_dir() and not var.is_symlink():
         for dirpath, dirnames, filenames in os.walk(var):
@@ -241,12 +259,12 @@ def _write_var_tmpfiles(root: Path) -> None:
             current = Path(dirpath)
             relative = current.relative_to(root).as_posix()
             if relative != "var":
-                _describe(root, current, relative, lines, declared)
+                _describe(root, current, relative, lines, declared, owners)
             for name in sorted(filenames) + [d for d in dirnames if (current / d).is_symlink()]:
                 entry = current / name
                 entry_rel = entry.relative_to(root).as_posix()
                 if entry.is_symlink() or not _is_volatile(entry_rel):
-                    _describe(root, entry, entry_rel, lines, declared)
+                    _describe(root, entry, entry_rel, lines, declared, owners)
         for child in list(var.iterdir()):
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -259,12 +277,22 @@ def _write_var_tmpfiles(root: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def _describe(root: Path, entry: Path, relative: str, lines: list[str], declared: set[str]) -> None:
+def _describe(
+    root: Path,
+    entry: Path,
+    relative: str,
+    lines: list[str],
+    declared: set[str],
+    owners: tuple[dict[int, str], dict[int, str]] = ({}, {}),
+) -> None:
     st = entry.lstat()
     path = "/" + relative
     if path in declared:
         return
-    owner = f"{st.st_uid} {st.st_gid}"
+    users, groups = owners
+    user = users.get(st.st_uid, str(st.st_uid)) if st.st_uid else "0"
+    group = groups.get(st.st_gid, str(st.st_gid)) if st.st_gid else "0"
+    owner = f"{user} {group}"
     mode = f"{stat.S_IMODE(st.st_mode):04o}"
     if stat.S_ISLNK(st.st_mode):
         lines.append(f"L {_quote(path)} - - - - {os.readlink(entry)}")
