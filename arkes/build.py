@@ -119,14 +119,9 @@ def input_hash(
     return digest.hexdigest()
 
 
-def plan(
-    path: Path,
-    kargs: Sequence[str],
-    *,
-    ensure_images: bool = True,
-    package_state: packages.State | None = None,
-) -> Plan:
-    """Validate the Systemfile, make sure its base images exist, and compute the input hash."""
+def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Plan:
+    """Validate the Systemfile, make sure its base images exist, and compute the input hash (without a package
+    state: `Plan.with_packages` adds it)."""
     context = path.parent
     from arkes import systemfile
 
@@ -143,9 +138,8 @@ def plan(
             )
         digests[ref] = podman.image_digest(ref)
     manifest = context_manifest(context)
-    state = package_state or packages.State({})
-    ihash = input_hash(sf.text.encode(), manifest, digests, kargs, state.digest)
-    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest), state)
+    ihash = input_hash(sf.text.encode(), manifest, digests, kargs)
+    return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
 
 
 def image_release_urls(ref: str) -> list[str]:

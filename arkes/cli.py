@@ -550,8 +550,6 @@ def parser() -> argparse.ArgumentParser:
     )
     json_flag(sub)
     sub.add_argument("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")
-    sub.add_argument("--no-package-updates", action="store_true", help=argparse.SUPPRESS)
-    sub.add_argument("--automatic", action="store_true", help=argparse.SUPPRESS)
 
     sub = verb(
         "diff",

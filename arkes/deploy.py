@@ -233,7 +233,7 @@ def upgrade(
         else:
             log.info(f"version {result.version} is already built from these inputs")
         if current is not None:
-            _name_package_changes(sysroot, current.checksum, result.checksum)
+            _name_package_changes(current.metadata, sysroot.commit(result.checksum).metadata)
         if not deploy:
             return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
         # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
@@ -253,11 +253,12 @@ def upgrade(
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
 
 
-def _name_package_changes(sysroot: Sysroot, old: str, new: str) -> None:
-    """Say which packages the new system changes (name, old → new), before anything is deployed."""
+def _name_package_changes(old: Mapping[str, object], new: Mapping[str, object]) -> None:
+    """Say which packages the new system changes (name, old → new, from two commits' metadata), before anything
+    is deployed."""
     from arkes import diff
 
-    changes = diff.package_changes(sysroot.commit(old).metadata, sysroot.commit(new).metadata)
+    changes = diff.package_changes(old, new)
     if not changes:
         log.info("packages: none change")
         return

@@ -247,8 +247,8 @@ def _account_names(root: Path, name: str) -> dict[int, str]:
 def _write_var_tmpfiles(root: Path) -> None:
     """Describe everything in /var as tmpfiles.d lines, keep needed file content in the factory, empty /var.
 
-    Owners other than root are written by name: on a machine whose own users hold an id the image gives someone
-    else, the image's user has another id there (see arkes.users), and the name is what stays true."""
+    Owners other than root are written by name, so that systemd-tmpfiles resolves them with the machine's own
+    account databases at boot, where an account may not have the id it had in the image."""
     var = root / "var"
     declared = declared_paths(root)
     owners = (_account_names(root, "passwd"), _account_names(root, "group"))
