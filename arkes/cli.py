@@ -411,6 +411,7 @@ def cli_vm(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         timeout=args.timeout,
         boot_entry=args.boot_entry,
+        console_log=Path(args.console_log).absolute() if args.console_log else None,
     )
     if args.exec is None:
         if args.boot_entry is not None:
@@ -645,6 +646,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)")
     sub.add_argument(
         "--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"
+    )
+    sub.add_argument(
+        "--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"
     )
 
     sub = verb(

@@ -55,6 +55,7 @@ class Config:
     cpus: int = 2
     timeout: float = 300.0
     boot_entry: int | None = None
+    console_log: Path | None = None
 
 
 def kvm_usable() -> bool:
@@ -310,7 +311,8 @@ class Guest:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise ArkesError(f"QEMU did not start:\n{run.tail((self.work / 'qemu.log').read_text())}") from None
                 time.sleep(0.1)
-        self.console = Console(sock, self.work / "console.log", self.config.boot_entry)
+        log_path = self.config.console_log or self.work / "console.log"
+        self.console = Console(sock, log_path, self.config.boot_entry)
 
     def _failure(self, message: str) -> ArkesError:
         tail = self.console.tail() if self.console else ""

@@ -19,15 +19,18 @@ def install_disk(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def guest(disk: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Boot the disk, run `script` as root in the guest, power off; the command must succeed."""
+    """Boot the disk, run `script` as root in the guest, power off; the command must succeed. The whole console of
+    each boot is kept beside the disk (console-N.log) for reading after a failure."""
+    console = disk.parent / f"console-{len(list(disk.parent.glob('console-*.log')))}.log"
     result = subprocess.run(
-        [str(OS), "vm", str(disk), "--timeout", "600", *args, "--exec", script],
+        [str(OS), "vm", str(disk), "--timeout", "600", "--console-log", str(console), *args, "--exec", script],
         capture_output=True,
         text=True,
         timeout=1800,
         check=False,
     )
-    assert result.returncode == 0, f"os vm failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    failed = f"os vm failed ({result.returncode}, console in {console})"
+    assert result.returncode == 0, f"{failed}:\n{result.stdout}\n{result.stderr}"
     return result
 
 
