@@ -308,6 +308,15 @@ def cli_boot_menu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_etc_merge(args: argparse.Namespace) -> int:
+    from arkes import deploy
+
+    if not deploy.is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
+        raise UsageError("`os etc-merge` finishes the running system's /etc", hint="it runs at boot by itself")
+    deploy.finish(Path("/etc"), Path("/usr/etc"))
+    return 0
+
+
 def cli_edit(args: argparse.Namespace) -> int:
     from arkes import edit
 
@@ -601,6 +610,16 @@ def parser() -> argparse.ArgumentParser:
         "regenerate the boot menu from the deployments",
         "Write /boot/grub/grub.cfg again from the deployments (atomically). Every change of the\n"
         "deployments does this itself; the system also runs it at shutdown after a staged upgrade.",
+    )
+
+    verb(
+        "etc-merge",
+        cli_etc_merge,
+        "finish a new deployment's /etc: users and groups merged, dangling unit links removed",
+        "Merge the users and groups of the running image (/usr/etc) into this machine's (/etc), as\n"
+        "docs/users.md describes, and remove links to units the image no longer ships. `os upgrade`\n"
+        "does this itself on a sysroot; on a running system the upgrade is staged, and the first boot\n"
+        "of the new deployment runs this (arkes-etc-merge.service). Changes nothing when done already.",
     )
 
     sub = verb("status", cli_status, "show the deployments, in boot order")

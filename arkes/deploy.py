@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, build, du, images, log, packages, podman, preflight, run, services, tree
+from arkes import bootloader, build, du, images, log, packages, podman, preflight, run, services, tree, users
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import BUILD_REF, STATEROOT, OSTree, Sysroot
 
@@ -107,17 +107,64 @@ def _deploy(
     if install_kargs:
         origin[ORIGIN_INSTALL_KARGS] = " ".join(install_kargs)
 
+    staged = sysroot.booted is not None
+
     def prepare(deployment_dir: Path) -> None:
         if copy:
             _copy_system_dir(result.plan.context, result.plan.systemfile.path, deployment_dir)
         if customize is not None:
             customize(deployment_dir)
-        for link in services.remove_dangling(deployment_dir):
-            log.info(f"removed {link}: the new image no longer ships its unit")
+        if staged:
+            return  # OSTree merges a staged deployment's /etc at shutdown: arkes-etc-merge.service finishes it
+        finish(deployment_dir / "etc", deployment_dir / "usr/etc")
 
     with log.step("deploy"):
         sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
         bootloader.write_menu(sysroot)
+
+
+def finish(etc: Path, usr_etc: Path, *, quiet: bool = False) -> None:
+    """What a new deployment's /etc needs beyond OSTree's merge: the users and groups merged (arkes.users), and no
+    link left to a unit the image no longer ships. Run on deploy, or on the first boot of a staged deployment."""
+    if not users.in_step(etc, usr_etc):
+        merged = users.apply(etc, usr_etc)
+        if not quiet:
+            for line in users.log_lines(merged):
+                log.info(line)
+    for link in services.remove_dangling(etc.parent):
+        log.info(f"removed {link}: the new image no longer ships its unit")
+
+
+def _users_preflight(sysroot: Sysroot, checksum: str, etc: Path) -> None:
+    """Say what the merge of users and groups will do, and refuse when the image's /usr holds files of a user or
+    group that must take another id on this machine."""
+    from arkes import diff
+
+    read = diff.commit_reader(sysroot, checksum)
+    theirs = {kind: data.decode() for kind in users.FILES if (data := read(f"usr/etc/{kind}")) is not None}
+    merged = users.plan(etc, theirs)
+    for line in users.log_lines(merged):
+        log.info(line)
+
+    def owners() -> list[tuple[str, int, int]]:
+        listing = run.run(["ostree", "ls", "-R", f"--repo={sysroot.repo_path}", checksum, "/usr"], what="ostree ls")
+        found = []
+        for line in listing.stdout.splitlines():
+            fields = line.split(None, 4)
+            if len(fields) == 5 and fields[1].isdigit() and fields[2].isdigit():
+                found.append((fields[4].split(" -> ")[0], int(fields[1]), int(fields[2])))
+        return found
+
+    conflicts = users.usr_conflicts(merged, owners)
+    if conflicts:
+        shown = "\n".join(f"  {path}" for path in conflicts[:10])
+        more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        moved = "; ".join(r.line() for r in merged.remaps if r.kind in ("uid", "gid"))
+        raise ArkesError(
+            f"the new image gives an id that this machine uses for someone else, and owns files in /usr by it "
+            f"({moved}):\n{shown}{more}",
+            hint="give the user a free id in the Systemfile (useradd --uid), or own those files by root",
+        )
 
 
 def _dedupe(kargs: list[str]) -> list[str]:
@@ -242,6 +289,7 @@ def upgrade(
         if merge is not None:
             with log.step("pre-flight"):
                 preflight.check(sysroot, result.checksum, etc, sysroot.deployment_dir(merge) / "usr/etc")
+        _users_preflight(sysroot, result.checksum, etc)
         if default is not None:
             _name_kept_var(sysroot, default.get_csum(), result.checksum)
         staged = sysroot.booted is not None
@@ -335,9 +383,16 @@ def rollback(sysroot: Sysroot) -> None:
             raise UsageError("there is only one deployment; nothing to roll back to")
         first, second = deployments[0], deployments[1]
         rest = [d for d in sysroot.all_deployments() if not d.equal(first) and not d.equal(second)]
+        booted = sysroot.booted
+        machine = Path("/etc") if booted is not None and booted.equal(first) else sysroot.deployment_dir(first) / "etc"
+        target = sysroot.deployment_dir(second)
         with log.step("rollback"):
+            # The users and groups the machine has now go back with it (OSTree keeps each deployment's /etc apart).
+            merged = users.apply(target / "etc", target / "usr/etc", machine=machine)
             sysroot.write_deployments([second, first, *rest])
             bootloader.write_menu(sysroot)
+        for line in users.log_lines(merged):
+            log.info(line)
         log.info(f"version {sysroot.commit(second.get_csum()).version} is now the default for the next boot")
 
 
