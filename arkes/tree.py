@@ -8,6 +8,7 @@ next to their modules, and the package database moves into /usr so it always mat
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -89,8 +90,36 @@ def _move_tree(src: Path, dst: Path) -> None:
                     shutil.rmtree(target)
                 else:
                     target.unlink()
-            shutil.move(os.fspath(entry), os.fspath(target))
+            move(entry, target)
     shutil.rmtree(src)
+
+
+def _keep_owner(src: os.stat_result, dst: Path) -> None:
+    os.lchown(dst, src.st_uid, src.st_gid)
+    if not stat.S_ISLNK(src.st_mode):
+        os.chmod(dst, stat.S_IMODE(src.st_mode))  # chown drops setuid and setgid bits: set them again
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename, or where the filesystem cannot (a directory of a lower layer on overlayfs), copy keeping owners,
+    modes and extended attributes, then remove the source. shutil.move's fallback would give every copy to root."""
+    try:
+        os.rename(src, dst)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True)
+        for dirpath, dirnames, filenames in os.walk(src):
+            for name in ["", *dirnames, *filenames]:
+                path = Path(dirpath) / name if name else Path(dirpath)
+                _keep_owner(path.lstat(), dst / path.relative_to(src))
+        shutil.rmtree(src)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+        _keep_owner(src.lstat(), dst)
+        src.unlink()
 
 
 def _merge_usr(root: Path) -> None:
@@ -117,12 +146,12 @@ def _place_kernels(root: Path) -> None:
         if not vmlinuz.exists():
             for candidate in (boot / f"vmlinuz-{kver}",):
                 if candidate.is_file():
-                    shutil.move(os.fspath(candidate), os.fspath(vmlinuz))
+                    move(candidate, vmlinuz)
         initramfs = moddir / "initramfs.img"
         if not initramfs.exists():
             for candidate in (boot / f"initrd.img-{kver}", boot / f"initramfs-{kver}.img"):
                 if candidate.is_file() and not candidate.is_symlink():
-                    shutil.move(os.fspath(candidate), os.fspath(initramfs))
+                    move(candidate, initramfs)
                     break
 
 
@@ -153,7 +182,7 @@ def _move_etc(root: Path) -> None:
         if path.is_file() and not path.is_symlink():
             path.write_text("")
     _runtime_files(root, etc)
-    shutil.move(os.fspath(etc), os.fspath(usr_etc))
+    move(etc, usr_etc)
 
 
 # Where a Systemfile declares the hostname: /etc/hostname itself belongs to the container runtime during a build

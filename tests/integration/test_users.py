@@ -86,6 +86,14 @@ def test_users_and_groups_survive_upgrades_and_rollback(tmp_path_factory: pytest
     spans = [(int(f[1]), int(f[1]) + int(f[2])) for f in accounts(etc, "subuid").values()]
     assert all(a[1] <= b[0] or b[1] <= a[0] for i, a in enumerate(spans) for b in spans[i + 1 :]), spans
 
+    # Homes in /var are seeded by owner name, so carol's home is hers at her id on this machine; the account
+    # files keep their owners through the rewrite (shadow is root:shadow).
+    tmpfiles = (system.deployment_dir() / "usr/lib/tmpfiles.d/arkes-var.conf").read_text()
+    assert "d /var/home/carol 0700 carol carol -" in tmpfiles
+    shadow_group = int(group["shadow"][2])
+    assert (system.deployment_dir() / "usr/etc/shadow").stat().st_gid == shadow_group
+    assert (etc / "shadow").stat().st_gid == shadow_group
+
     # A second upgrade with nothing new for users leaves the files as they are.
     before = {kind: (etc / kind).read_text() for kind in ("passwd", "group", "shadow")}
     system.add_line("RUN echo again > /usr/share/arkes-again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,30 @@ def test_kargs_and_os_release(image: Path) -> None:
     assert tree.image_kargs(image) == ["console=ttyS0", "quiet", "rd.debug"]
     assert tree.os_release(image)["ID"] == "arkes"
     assert tree.read_kargs("a=1 b # c\n\n  d\n") == ["a=1", "b", "d"]
+
+
+def test_a_move_across_filesystems_keeps_owners_and_modes(tmp_path: Path) -> None:
+    """Where rename fails (EXDEV: another filesystem, or a lower layer's directory on overlayfs), the copy keeps
+    owners, setgid bits and modes: /etc/shadow stays root:shadow and a home its user's."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("this test needs /dev/shm on a filesystem of its own")
+    src = tmp_path / "etc"
+    (src / "home/carol").mkdir(parents=True)
+    (src / "shadow").write_text("root:*:::::::\n")
+    os.chown(src / "shadow", 0, 42)
+    os.chmod(src / "shadow", 0o640)
+    os.chown(src / "home/carol", 1000, 1000)
+    os.chmod(src / "home/carol", 0o2700)
+    (src / "link").symlink_to("shadow")
+    os.lchown(src / "link", 1000, 1000)
+    dst = shm / f"arkes-test-{os.getpid()}"
+    try:
+        tree.move(src, dst)
+        assert not src.exists()
+        shadow, home, link = (dst / "shadow").stat(), (dst / "home/carol").stat(), (dst / "link").lstat()
+        assert (shadow.st_uid, shadow.st_gid, shadow.st_mode & 0o7777) == (0, 42, 0o640)
+        assert (home.st_uid, home.st_gid, home.st_mode & 0o7777) == (1000, 1000, 0o2700)
+        assert link.st_uid == 1000
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
