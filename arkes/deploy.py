@@ -120,7 +120,17 @@ def _deploy(
 
     with log.step("deploy"):
         sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
+        if staged:
+            # Written into the running /etc, which OSTree carries into the new deployment's at shutdown: the first
+            # boot of that deployment finishes it (and a boot without a staged upgrade does not start Python).
+            pending = Path("/etc") / MERGE_PENDING
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.write_text(f"{result.checksum}\n")
         bootloader.write_menu(sysroot)
+
+
+# Asks the next boot to run `os etc-merge` (arkes-etc-merge.service's condition); removed when it has run.
+MERGE_PENDING = "arkes/etc-merge-pending"
 
 
 def finish(etc: Path, usr_etc: Path, *, quiet: bool = False) -> None:
@@ -133,6 +143,7 @@ def finish(etc: Path, usr_etc: Path, *, quiet: bool = False) -> None:
                 log.info(line)
     for link in services.remove_dangling(etc.parent):
         log.info(f"removed {link}: the new image no longer ships its unit")
+    (etc / MERGE_PENDING).unlink(missing_ok=True)
 
 
 def _users_preflight(sysroot: Sysroot, checksum: str, etc: Path) -> None:

@@ -3,6 +3,8 @@ or masked stays so, and a unit the new image no longer ships leaves no dangling 
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.integration.conftest import System, installed
@@ -40,3 +42,14 @@ def test_enablement_follows_the_image_and_the_machine(tmp_path_factory: pytest.T
     assert (new_units / "t-masked.service").readlink().as_posix() == "/dev/null", "the machine's mask stays"
     assert not (new_wants / "t-masked.service").exists()
     assert not (new_wants / "t-disabled.service").exists(), "the machine's disable stays"
+
+
+def test_the_base_image_boots_without_an_ordering_cycle(base_image: str) -> None:
+    """systemd breaks an ordering cycle at boot by dropping a job (udev, say) and the boot stalls on devices: ask
+    systemd itself, in the image, for the transaction of the default target."""
+    argv = ["podman", "run", "--rm", "--runtime=runc", "--pull=never", "--network=none"]
+    argv += ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", base_image]
+    argv += ["systemd-analyze", "verify", "--man=no", "default.target", "arkes-etc-merge.service"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert "ordering cycle" not in result.stderr + result.stdout, result.stderr
+    assert "arkes-etc-merge.service" not in result.stderr, result.stderr

@@ -1,0 +1,212 @@
+"""A real server's life, checked from inside a booted guest: a web server and a database with rows in it, a person
+made on the machine and people declared in the Systemfile, two upgrades run in the guest (the second adds a Debian
+package whose maintainer script creates a system user), a reboot after each.
+
+install (nginx, PostgreSQL) → boot: rows in a database, a page under /var/www, `bob` made with useradd/chpasswd/
+usermod, a unit disabled; the Systemfile declares `carol`; `os upgrade` → boot: every service active, rows, page and
+homes kept, bob and carol log in with their passwords, ids distinct and unchanged; carol's password and bob's groups
+changed on the machine; the Systemfile adds tcpdump; `os upgrade` → boot: the same, and the package's system user
+exists beside all the others, no id shared, no failed unit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import OS
+from tests.vm.conftest import guest
+
+pytestmark = pytest.mark.vm
+
+TIMINGS: dict[str, float] = {}
+
+SYSTEMFILE = """FROM localhost/arkes:base
+ENV SYSTEM_HOSTNAME=server SYSTEM_TIMEZONE=Etc/UTC SYSTEM_LOCALE=C.UTF-8 SYSTEM_KEYMAP=us
+RUN setup_machine
+RUN install_packages nginx postgresql
+RUN post_build
+"""
+
+# Logs in as USER with PASSWORD through PAM, as a person at a terminal would: `su` on a pseudo-terminal, run by an
+# unprivileged user so that the password is asked for and checked.
+LOGIN = r"""
+import os, pty, sys, time
+user, password = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("runuser", ["runuser", "-u", "nobody", "--", "su", "-", user, "-c", "echo in=$(id -un):$(pwd)"])
+out, deadline = b"", time.monotonic() + 120
+while b"assword" not in out and time.monotonic() < deadline:
+    out += os.read(fd, 1024)
+os.write(fd, password.encode() + b"\n")
+while True:
+    try:
+        data = os.read(fd, 1024)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace").replace("\r", "").split("in=")[-1].strip() if status == 0 else "refused")
+"""
+
+# What every boot reports, one `key=value` per line.
+FACTS = (
+    r"""
+fact() { printf '%s=%s\n' "$1" "$2"; }
+cat > /run/login.py <<'PY'
+"""
+    + LOGIN
+    + r"""PY
+login() { python3 /run/login.py "$1" "$2"; }
+sql() { runuser -u postgres -- psql -d shop -tAc "$1" 2>&1 | tr '\n' ' ' | sed 's/ $//'; }
+fact state "$(systemctl is-system-running)"
+fact failed "$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+fact nginx "$(systemctl is-active nginx)"
+fact postgresql "$(systemctl is-active postgresql@17-main)"
+page='import urllib.request; print(urllib.request.urlopen("http://127.0.0.1/").read().decode().strip())'
+fact page "$(python3 -c "$page" 2>&1)"
+fact ids "$(getent passwd | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
+fact gids "$(getent group | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
+fact shared_uid "$(cut -d: -f3 /etc/passwd | sort | uniq -d | tr '\n' ' ')"
+fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
+fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
+fact timesyncd "$(systemctl is-enabled systemd-timesyncd)"
+for u in bob carol; do
+    if id "$u" >/dev/null 2>&1; then
+        fact "${u}_groups" "$(id -nG "$u" | tr ' ' '\n' | sort | tr '\n' ' ')"
+        fact "${u}_home" "$(stat -c %U /var/home/$u) $(cat /var/home/$u/note 2>/dev/null || echo none)"
+    fi
+done
+"""
+)
+
+FIRST_BOOT = r"""
+set -e
+runuser -u postgres -- createdb shop
+sql "CREATE TABLE items (name text); INSERT INTO items VALUES ('apple'), ('pear')" >/dev/null
+echo 'served from /var' > /var/www/html/index.html
+useradd -m -s /bin/bash bob && echo 'bob:bob-secret' | chpasswd && usermod -aG www-data bob
+echo bob-note > /var/home/bob/note && chown bob: /var/home/bob/note
+systemctl disable systemd-timesyncd 2>/dev/null
+fact bob_login "$(login bob bob-secret)"
+carol='RUN useradd -m -s /bin/bash carol && echo carol:carol-secret | chpasswd && echo carol-note > /home/carol/note'
+sed -i "/^RUN post_build/i $carol" /etc/system/Systemfile
+fact upgrade "$(os upgrade 2>&1 | tail -n 40 | tr '\n' '|')"
+"""
+
+SECOND_BOOT = r"""
+set -e
+fact rows "$(sql 'SELECT name FROM items ORDER BY name')"
+fact bob_login "$(login bob bob-secret)"
+fact carol_login "$(login carol carol-secret)"
+sql "INSERT INTO items VALUES ('plum')" >/dev/null
+echo 'carol:changed-on-the-machine' | chpasswd
+groupadd editors && usermod -aG editors bob
+sed -i '/^RUN post_build/i RUN install_packages tcpdump' /etc/system/Systemfile
+fact upgrade "$(os upgrade 2>&1 | tail -n 40 | tr '\n' '|')"
+"""
+
+THIRD_BOOT = r"""
+fact rows "$(sql 'SELECT name FROM items ORDER BY name')"
+fact bob_login "$(login bob bob-secret)"
+fact carol_login "$(login carol changed-on-the-machine)"
+fact carol_old "$(login carol carol-secret)"
+fact tcpdump "$(command -v tcpdump || echo absent)"
+"""
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    work = tmp_path_factory.mktemp("server")
+    (work / "source").mkdir()
+    (work / "source/Systemfile").write_text(SYSTEMFILE)
+    path = work / "server.img"
+    start = time.monotonic()
+    argv = [str(OS), "install", "--disk", str(path), "--size", "14G", "--no-root-password"]
+    argv += ["--systemfile", str(work / "source/Systemfile")]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    TIMINGS["install"] = time.monotonic() - start
+    yield path
+    print("\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    path.unlink()
+
+
+def facts(disk: Path, name: str, script: str) -> dict[str, Any]:
+    start = time.monotonic()
+    result = guest(disk, FACTS + script)
+    TIMINGS[name] = time.monotonic() - start
+    found: dict[str, Any] = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            found[key] = value.strip()
+    print(json.dumps(found, indent=1))
+    return found
+
+
+def ids(text: str) -> dict[str, int]:
+    return {name: int(number) for name, _, number in (item.partition(":") for item in text.split())}
+
+
+def healthy(found: dict[str, Any]) -> None:
+    assert found["failed"] == "", "no failed unit"
+    assert found["state"] == "running"
+    assert found["nginx"] == "active" and found["postgresql"] == "active"
+    assert found["page"] == "served from /var", "the machine's page under /var is served"
+    assert found["shared_uid"] == "" and found["shared_gid"] == "", "no two names share an id"
+    assert found["pg_owner"] == "postgres", "the database's files keep their owner"
+    assert found["timesyncd"] == "disabled", "a unit the person disabled stays so"
+
+
+SEEN: dict[str, dict[str, int]] = {}
+
+
+def test_1_a_server_is_set_up_and_upgraded(disk: Path) -> None:
+    found = facts(disk, "first boot", FIRST_BOOT)
+    assert found["nginx"] == "active" and found["postgresql"] == "active"
+    assert found["failed"] == "" and found["state"] == "running"
+    assert found["bob_login"] == "bob:/home/bob"
+    assert "staged" in found["upgrade"].lower() or "next boot" in found["upgrade"], found["upgrade"]
+    SEEN["uids"], SEEN["gids"] = ids(found["ids"]), ids(found["gids"])
+    assert "postgres" in SEEN["uids"] and "bob" in SEEN["uids"] and "carol" not in SEEN["uids"]
+
+
+def test_2_after_the_first_upgrade(disk: Path) -> None:
+    found = facts(disk, "second boot", SECOND_BOOT)
+    healthy(found)
+    assert found["rows"] == "apple pear", "the database's rows are kept"
+    assert found["bob_login"] == "bob:/home/bob", "a person made on the machine still logs in"
+    assert found["carol_login"] == "carol:/home/carol", "a person the Systemfile declares logs in"
+    assert found["bob_home"] == "bob bob-note" and found["carol_home"] == "carol carol-note"
+    assert "www-data" in found["bob_groups"].split()
+    uids, gids = ids(found["ids"]), ids(found["gids"])
+    assert {k: v for k, v in uids.items() if k in SEEN["uids"]} == SEEN["uids"], "no id changes hands"
+    assert {k: v for k, v in gids.items() if k in SEEN["gids"]} == SEEN["gids"]
+    assert "carol" in uids
+    SEEN["uids"], SEEN["gids"] = uids, gids
+    assert "tcpdump" in found["upgrade"], "the upgrade names the package it adds"
+
+
+def test_3_after_the_second_upgrade(disk: Path) -> None:
+    found = facts(disk, "third boot", THIRD_BOOT)
+    healthy(found)
+    assert found["rows"] == "apple pear plum"
+    assert found["bob_login"] == "bob:/home/bob"
+    assert found["carol_login"] == "carol:/home/carol", "a password changed on the machine stays"
+    assert found["carol_old"] == "refused"
+    assert set(found["bob_groups"].split()) >= {"bob", "www-data", "editors"}, "group memberships stay"
+    assert found["tcpdump"] != "absent"
+    uids, gids = ids(found["ids"]), ids(found["gids"])
+    assert "tcpdump" in uids, "the system user a package's maintainer script made exists"
+    assert {k: v for k, v in uids.items() if k in SEEN["uids"]} == SEEN["uids"], "no id changes hands"
+    assert {k: v for k, v in gids.items() if k in SEEN["gids"]} == SEEN["gids"]
