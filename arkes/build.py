@@ -108,7 +108,7 @@ def input_hash(
     kargs: Sequence[str],
     package_state: str = "",
 ) -> str:
-    digest = hashlib.sha256(f"arkes-inputs 3\ntool {__version__}\n".encode())
+    digest = hashlib.sha256(f"arkes-inputs 3\ntool {__version__}\nrewrite {tree.REVISION}\n".encode())
     digest.update(b"systemfile\n" + hashlib.sha256(sf_text).digest())
     for relative, entry in manifest:
         digest.update(f"{relative}\0{entry}\n".encode())

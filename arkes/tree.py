@@ -37,6 +37,9 @@ PACKAGE_DATABASES = {"var/lib/dpkg": "usr/lib/sysimage/dpkg", "var/lib/rpm": "us
 VOLATILE = ("var/cache", "var/log", "var/tmp", "var/lib/apt/lists", "var/spool/postfix/pid")
 
 FACTORY = "usr/share/factory"
+# Part of every build's input hash: raised whenever the rewrite makes a different tree of the same image, so that
+# installed systems rebuild with it instead of calling themselves up to date. 2: /var seeded with owners (C lines).
+REVISION = 2
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
 
@@ -321,18 +324,20 @@ def _describe(
     users, groups = owners
     user = users.get(st.st_uid, str(st.st_uid)) if st.st_uid else "0"
     group = groups.get(st.st_gid, str(st.st_gid)) if st.st_gid else "0"
-    owner = f"{user} {group}"
-    mode = f"{stat.S_IMODE(st.st_mode):04o}"
+    # ":" — only when the path is made: from then on its owner and mode are the machine's (tmpfiles.d(5)).
+    perms = f":{stat.S_IMODE(st.st_mode):04o} :{user} :{group}"
     if stat.S_ISLNK(st.st_mode):
         lines.append(f"L {_quote(path)} - - - - {os.readlink(entry)}")
     elif stat.S_ISDIR(st.st_mode):
-        lines.append(f"d {_quote(path)} {mode} {owner} -")
+        lines.append(f"d {_quote(path)} {perms} -")
     elif stat.S_ISREG(st.st_mode):
         factory = root / FACTORY / relative
         factory.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(entry, factory)
-        lines.append(f"C {_quote(path)} - - - - /{FACTORY}/{relative}")
-        lines.append(f"z {_quote(path)} {mode} {owner} -")
+        # The copy is made with its owner and mode. (Copied as root and then changed by a `z` line, a file in a
+        # directory that is not root's is refused as an "unsafe path transition": PostgreSQL's cluster stayed
+        # root's and the server did not start.)
+        lines.append(f"C {_quote(path)} {perms} - /{FACTORY}/{relative}")
     # Sockets, fifos and device nodes in /var are runtime state; nothing to keep.
 
 

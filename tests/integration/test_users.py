@@ -89,7 +89,7 @@ def test_users_and_groups_survive_upgrades_and_rollback(tmp_path_factory: pytest
     # Homes in /var are seeded by owner name, so carol's home is hers at her id on this machine; the account
     # files keep their owners through the rewrite (shadow is root:shadow).
     tmpfiles = (system.deployment_dir() / "usr/lib/tmpfiles.d/arkes-var.conf").read_text()
-    assert "d /var/home/carol 0700 carol carol -" in tmpfiles
+    assert "d /var/home/carol :0700 :carol :carol -" in tmpfiles
     shadow_group = int(group["shadow"][2])
     assert (system.deployment_dir() / "usr/etc/shadow").stat().st_gid == shadow_group
     assert (etc / "shadow").stat().st_gid == shadow_group

@@ -113,8 +113,8 @@ def test_kernel_and_initramfs_move_beside_modules(image: Path) -> None:
 def test_var_is_emptied_into_tmpfiles(image: Path) -> None:
     assert list((image / "var").iterdir()) == []
     lines = tmpfiles(image)
-    assert "d /var/lib/app 0750 0 0 -" in lines
-    assert "C /var/lib/app/state - - - - /usr/share/factory/var/lib/app/state" in lines
+    assert "d /var/lib/app :0750 :0 :0 -" in lines
+    assert "C /var/lib/app/state :0644 :0 :0 - /usr/share/factory/var/lib/app/state" in lines
     assert (image / "usr/share/factory/var/lib/app/state").read_text() == "seed"
     assert "L /var/run - - - - /run" in lines
 
@@ -122,7 +122,7 @@ def test_var_is_emptied_into_tmpfiles(image: Path) -> None:
 def test_volatile_content_is_dropped_and_declared_paths_are_not_repeated(image: Path) -> None:
     lines = tmpfiles(image)
     assert not any("pkgcache.bin" in line or "dpkg.log" in line for line in lines)
-    assert "d /var/cache/apt 0755 0 0 -" in lines
+    assert "d /var/cache/apt :0755 :0 :0 -" in lines
     # /var/log and /var/tmp are declared by the image's own tmpfiles.d already.
     assert not any(line.split()[1] in ("/var/log", "/var/tmp") for line in lines if not line.startswith("#"))
 
@@ -147,8 +147,8 @@ def test_persistent_places_link_into_var(image: Path) -> None:
         assert os.readlink(image / link) == target, link
     assert (image / "sysroot").is_dir()
     lines = tmpfiles(image)
-    assert "C /var/home/alice/notes - - - - /usr/share/factory/var/home/alice/notes" in lines
-    assert "d /var/usrlocal/bin 0755 0 0 -" in lines
+    assert "C /var/home/alice/notes :0644 :0 :0 - /usr/share/factory/var/home/alice/notes" in lines
+    assert "d /var/usrlocal/bin :0755 :0 :0 -" in lines
 
 
 def test_merged_usr_and_emptied_dirs(image: Path) -> None:
