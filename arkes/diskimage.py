@@ -149,7 +149,13 @@ def install_disk(
 ) -> deploy.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
     # A Systemfile with errors is refused before the disk is touched.
+    context = (systemfile or images.default_systemfile()).resolve().parent
     systemfile_module.load(systemfile or images.default_systemfile())
+    if disk.resolve().is_relative_to(context):
+        raise UsageError(
+            f"{disk} is inside the Systemfile's build context {context}, which is copied into the system",
+            hint="put the disk image somewhere else",
+        )
     block = _is_block_device(disk)
     if (block or disk.exists()) and not wipe:
         what = "block device" if block else "file"
