@@ -151,11 +151,8 @@ def commit_reader(sysroot: Sysroot, checksum: str) -> Reader:
     """Read files of a commit without checking it out."""
 
     def read(path: str) -> bytes | None:
-        node = sysroot.commit_file(checksum, path)
-        if node is None:
-            return None
-        _, data, _ = node.load_contents(None)
-        return bytes(data)
+        data: bytes | None = sysroot.read_commit_file(checksum, path)
+        return data
 
     return read
 

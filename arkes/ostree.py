@@ -350,6 +350,26 @@ class Sysroot:
         node = root.resolve_relative_path(path.lstrip("/"))
         return node if node.query_exists(None) else None
 
+    @_wrap("reading the commit's tree")
+    def read_commit_file(self, checksum: str, path: str) -> bytes | None:
+        """The content of the file `path` inside a commit, or None when absent. Read from its stream: Gio's
+        load_contents asks a repository file's stream for file info it does not have, and newer GLib prints a
+        critical warning for each file read that way."""
+        node = self.commit_file(checksum, path)
+        if node is None:
+            return None
+        stream = node.read(None)
+        chunks = []
+        try:
+            while True:
+                chunk = stream.read_bytes(1 << 20, None)
+                if chunk.get_size() == 0:
+                    break
+                chunks.append(bytes(chunk.get_data()))
+        finally:
+            stream.close(None)
+        return b"".join(chunks)
+
     @_wrap("writing the deployment list")
     def write_deployments(self, deployments: Sequence[OSTree.Deployment]) -> None:
         """Make `deployments` (in boot order, the first the default) the whole list; others are removed."""

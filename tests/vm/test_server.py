@@ -40,8 +40,9 @@ LOGIN = r"""
 import os, pty, sys, time
 user, password = sys.argv[1], sys.argv[2]
 pid, fd = pty.fork()
+report = "echo in=$(id -un):$HOME:$(test -w . && echo w)"
 if pid == 0:
-    os.execvp("runuser", ["runuser", "-u", "nobody", "--", "su", "-", user, "-c", "echo in=$(id -un):$(pwd)"])
+    os.execvp("runuser", ["runuser", "-u", "nobody", "--", "su", "-", user, "-c", report])
 out, deadline = b"", time.monotonic() + 120
 while b"assword" not in out and time.monotonic() < deadline:
     out += os.read(fd, 1024)
@@ -80,6 +81,11 @@ fact shared_uid "$(cut -d: -f3 /etc/passwd | sort | uniq -d | tr '\n' ' ')"
 fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
 fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
 fact timesyncd "$(systemctl is-enabled systemd-timesyncd)"
+upgrade() {
+    rc=0; os upgrade > /var/log/arkes-test-upgrade.log 2>&1 || rc=$?
+    fact upgrade_rc "$rc"
+    fact upgrade "$(tr '\n' '|' < /var/log/arkes-test-upgrade.log)"
+}
 for u in bob carol; do
     if id "$u" >/dev/null 2>&1; then
         fact "${u}_groups" "$(id -nG "$u" | tr ' ' '\n' | sort | tr '\n' ' ')"
@@ -100,7 +106,7 @@ systemctl disable systemd-timesyncd 2>/dev/null
 fact bob_login "$(login bob bob-secret)"
 carol='RUN useradd -m -s /bin/bash carol && echo carol:carol-secret | chpasswd && echo carol-note > /home/carol/note'
 sed -i "/^RUN post_build/i $carol" /etc/system/Systemfile
-fact upgrade "$(os upgrade 2>&1 | tail -n 40 | tr '\n' '|')"
+upgrade
 """
 
 SECOND_BOOT = r"""
@@ -112,7 +118,7 @@ sql "INSERT INTO items VALUES ('plum')" >/dev/null
 echo 'carol:changed-on-the-machine' | chpasswd
 groupadd editors && usermod -aG editors bob
 sed -i '/^RUN post_build/i RUN install_packages tcpdump' /etc/system/Systemfile
-fact upgrade "$(os upgrade 2>&1 | tail -n 40 | tr '\n' '|')"
+upgrade
 """
 
 THIRD_BOOT = r"""
@@ -125,7 +131,8 @@ fact tcpdump "$(command -v tcpdump || echo absent)"
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    failed_before = request.session.testsfailed
     work = tmp_path_factory.mktemp("server")
     (work / "source").mkdir()
     (work / "source/Systemfile").write_text(SYSTEMFILE)
@@ -138,7 +145,10 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     TIMINGS["install"] = time.monotonic() - start
     yield path
     print("\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
-    path.unlink()
+    if request.session.testsfailed > failed_before:
+        print(f"the disk is kept for a look at what failed: os vm {path}")
+    else:
+        path.unlink()
 
 
 def facts(disk: Path, name: str, script: str) -> dict[str, Any]:
@@ -168,6 +178,13 @@ def healthy(found: dict[str, Any]) -> None:
     assert found["timesyncd"] == "disabled", "a unit the person disabled stays so"
 
 
+def upgraded(found: dict[str, Any]) -> None:
+    said = found["upgrade"].replace("|", "\n")
+    assert found["upgrade_rc"] == "0", said
+    assert "it becomes active on the next boot" in said, said
+    assert "CRITICAL" not in said and "Traceback" not in said, said
+
+
 SEEN: dict[str, dict[str, int]] = {}
 
 
@@ -175,8 +192,8 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path) -> None:
     found = facts(disk, "first boot", FIRST_BOOT)
     assert found["nginx"] == "active" and found["postgresql"] == "active"
     assert found["failed"] == "" and found["state"] == "running"
-    assert found["bob_login"] == "bob:/home/bob"
-    assert "staged" in found["upgrade"].lower() or "next boot" in found["upgrade"], found["upgrade"]
+    assert found["bob_login"] == "bob:/home/bob:w"
+    upgraded(found)
     SEEN["uids"], SEEN["gids"] = ids(found["ids"]), ids(found["gids"])
     assert "postgres" in SEEN["uids"] and "bob" in SEEN["uids"] and "carol" not in SEEN["uids"]
 
@@ -185,8 +202,8 @@ def test_2_after_the_first_upgrade(disk: Path) -> None:
     found = facts(disk, "second boot", SECOND_BOOT)
     healthy(found)
     assert found["rows"] == "apple pear", "the database's rows are kept"
-    assert found["bob_login"] == "bob:/home/bob", "a person made on the machine still logs in"
-    assert found["carol_login"] == "carol:/home/carol", "a person the Systemfile declares logs in"
+    assert found["bob_login"] == "bob:/home/bob:w", "a person made on the machine still logs in"
+    assert found["carol_login"] == "carol:/home/carol:w", "a person the Systemfile declares logs in"
     assert found["bob_home"] == "bob bob-note" and found["carol_home"] == "carol carol-note"
     assert "www-data" in found["bob_groups"].split()
     uids, gids = ids(found["ids"]), ids(found["gids"])
@@ -194,15 +211,16 @@ def test_2_after_the_first_upgrade(disk: Path) -> None:
     assert {k: v for k, v in gids.items() if k in SEEN["gids"]} == SEEN["gids"]
     assert "carol" in uids
     SEEN["uids"], SEEN["gids"] = uids, gids
-    assert "tcpdump" in found["upgrade"], "the upgrade names the package it adds"
+    upgraded(found)
+    assert "tcpdump (new) -> " in found["upgrade"], "the upgrade names the package it adds"
 
 
 def test_3_after_the_second_upgrade(disk: Path) -> None:
     found = facts(disk, "third boot", THIRD_BOOT)
     healthy(found)
     assert found["rows"] == "apple pear plum"
-    assert found["bob_login"] == "bob:/home/bob"
-    assert found["carol_login"] == "carol:/home/carol", "a password changed on the machine stays"
+    assert found["bob_login"] == "bob:/home/bob:w"
+    assert found["carol_login"] == "carol:/home/carol:w", "a password changed on the machine stays"
     assert found["carol_old"] == "refused"
     assert set(found["bob_groups"].split()) >= {"bob", "www-data", "editors"}, "group memberships stay"
     assert found["tcpdump"] != "absent"
