@@ -34,11 +34,21 @@ PERSISTENT = {
 PACKAGE_DATABASES = {"var/lib/dpkg": "usr/lib/sysimage/dpkg", "var/lib/rpm": "usr/lib/sysimage/rpm"}
 
 # Content under these /var paths is cache, log or download state: the directories are kept, their files are not.
-VOLATILE = ("var/cache", "var/log", "var/tmp", "var/lib/apt/lists", "var/spool/postfix/pid")
+# apt's record of automatically installed packages belongs with the package database, which moves into /usr:
+# seeded into /var it would be the first machine's forever, and named as kept on every upgrade that installs.
+VOLATILE = (
+    "var/cache",
+    "var/log",
+    "var/tmp",
+    "var/lib/apt/lists",
+    "var/lib/apt/extended_states",
+    "var/spool/postfix/pid",
+)
 
 FACTORY = "usr/share/factory"
 # Part of every build's input hash: raised whenever the rewrite makes a different tree of the same image, so that
-# installed systems rebuild with it instead of calling themselves up to date. 2: /var seeded with owners (C lines).
+# installed systems rebuild with it instead of calling themselves up to date. 2: /var seeded with owners (C lines),
+# apt's extended_states no longer seeded.
 REVISION = 2
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")

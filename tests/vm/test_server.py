@@ -74,9 +74,12 @@ fact failed "$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\
 fact nginx "$(systemctl is-active nginx)"
 fact postgresql "$(systemctl is-active postgresql@17-main)"
 page='import urllib.request; print(urllib.request.urlopen("http://127.0.0.1/").read().decode().strip())'
-fact page "$(python3 -c "$page" 2>&1)"
-fact ids "$(getent passwd | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
-fact gids "$(getent group | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
+fact page "$(python3 -c "$page" 2>&1 | tr '\n' ' ')"
+accounts() {
+    fact ids "$(getent passwd | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
+    fact gids "$(getent group | awk -F: '{print $1 ":" $3}' | sort | tr '\n' ' ')"
+}
+accounts
 fact shared_uid "$(cut -d: -f3 /etc/passwd | sort | uniq -d | tr '\n' ' ')"
 fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
 fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
@@ -104,6 +107,7 @@ useradd -m -s /bin/bash bob && echo 'bob:bob-secret' | chpasswd && usermod -aG w
 echo bob-note > /var/home/bob/note && chown bob: /var/home/bob/note
 systemctl disable systemd-timesyncd 2>/dev/null
 fact bob_login "$(login bob bob-secret)"
+accounts
 carol='RUN useradd -m -s /bin/bash carol && echo carol:carol-secret | chpasswd && echo carol-note > /home/carol/note'
 sed -i "/^RUN post_build/i $carol" /etc/system/Systemfile
 upgrade
