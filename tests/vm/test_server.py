@@ -1,12 +1,16 @@
 """A real server's life, checked from inside a booted guest: a web server and a database with rows in it, a person
 made on the machine and people declared in the Systemfile, two upgrades run in the guest (the second adds a Debian
-package whose maintainer script creates a system user), a reboot after each.
+package whose maintainer script creates a system user, and brings a package update its repository published), a
+reboot after each.
 
 install (nginx, PostgreSQL) → boot: rows in a database, a page under /var/www, `bob` made with useradd/chpasswd/
-usermod, a unit disabled; the Systemfile declares `carol`; `os upgrade` → boot: every service active, rows, page and
-homes kept, bob and carol log in with their passwords, ids distinct and unchanged; carol's password and bob's groups
-changed on the machine; the Systemfile adds tcpdump; `os upgrade` → boot: the same, and the package's system user
-exists beside all the others, no id shared, no failed unit.
+usermod, a unit disabled; the Systemfile declares `carol` (whose id the machine already gave bob) and a package
+from a signed repository of the person's own (served on this host's loopback, reached through QEMU's user-mode
+network); `os upgrade` → boot: every service active, rows, page and homes kept, bob and carol log in with their
+passwords, ids distinct and unchanged; carol's password and bob's groups changed on the machine; the repository
+publishes 1.1 of its package; the Systemfile adds tcpdump; `os upgrade` names both changes → boot: the same, the
+update and the package's system user are there, no id shared, no failed unit, `os checkupdates` finds nothing and
+`os diff --packages` shows the change.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.aptrepo import AptRepository
 from tests.integration.conftest import OS
 from tests.vm.conftest import guest
 
@@ -83,6 +88,7 @@ accounts
 fact shared_uid "$(cut -d: -f3 /etc/passwd | sort | uniq -d | tr '\n' ' ')"
 fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
 fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
+fact hello "$(cat /usr/share/arkes-hello/version 2>/dev/null || echo absent)"
 fact timesyncd "$(systemctl is-enabled systemd-timesyncd)"
 upgrade() {
     rc=0; os upgrade > /var/log/arkes-test-upgrade.log 2>&1 || rc=$?
@@ -108,8 +114,14 @@ echo bob-note > /var/home/bob/note && chown bob: /var/home/bob/note
 systemctl disable systemd-timesyncd 2>/dev/null
 fact bob_login "$(login bob bob-secret)"
 accounts
-carol='RUN useradd -m -s /bin/bash carol && echo carol:carol-secret | chpasswd && echo carol-note > /home/carol/note'
-sed -i "/^RUN post_build/i $carol" /etc/system/Systemfile
+cat > /etc/system/repo.asc <<'KEY'
+{key}KEY
+cat > /run/added <<'ADDED'
+RUN useradd -m -s /bin/bash carol && echo carol:carol-secret | chpasswd && echo carol-note > /home/carol/note
+COPY repo.asc /tmp/repo.asc
+RUN add_package_repository mine {url} stable main /tmp/repo.asc && rm /tmp/repo.asc && install_packages arkes-hello
+ADDED
+sed -i '/^RUN post_build/e cat /run/added' /etc/system/Systemfile
 upgrade
 """
 
@@ -126,12 +138,29 @@ upgrade
 """
 
 THIRD_BOOT = r"""
+rc=0; os checkupdates > /run/checkupdates 2>&1 || rc=$?
+fact checkupdates "$rc $(tr '\n' '|' < /run/checkupdates)"
+fact diff "$(os diff --packages 2>&1 | tr '\n' '|')"
 fact rows "$(sql 'SELECT name FROM items ORDER BY name')"
 fact bob_login "$(login bob bob-secret)"
 fact carol_login "$(login carol changed-on-the-machine)"
 fact carol_old "$(login carol carol-secret)"
 fact tcpdump "$(command -v tcpdump || echo absent)"
 """
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptRepository, str]]:
+    """The person's own signed package repository, on this host's loopback; the guest reaches it as 10.0.2.2."""
+    repo = AptRepository(tmp_path_factory.mktemp("aptrepo") / "www")
+    key = repo.make_key().decode()
+    repo.add("arkes-hello", "1.0", files={"/usr/share/arkes-hello/version": "1.0\n"})
+    repo.publish()
+    repo.serve()
+    try:
+        yield repo, key
+    finally:
+        repo.stop()
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +221,10 @@ def upgraded(found: dict[str, Any]) -> None:
 SEEN: dict[str, dict[str, int]] = {}
 
 
-def test_1_a_server_is_set_up_and_upgraded(disk: Path) -> None:
-    found = facts(disk, "first boot", FIRST_BOOT)
+def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepository, str]) -> None:
+    repo, key = repository
+    script = FIRST_BOOT.replace("{key}", key).replace("{url}", f"http://10.0.2.2:{repo.port}/")
+    found = facts(disk, "first boot", script)
     assert found["nginx"] == "active" and found["postgresql"] == "active"
     assert found["failed"] == "" and found["state"] == "running"
     assert found["bob_login"] == "bob:/home/bob:w"
@@ -202,7 +233,10 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path) -> None:
     assert "postgres" in SEEN["uids"] and "bob" in SEEN["uids"] and "carol" not in SEEN["uids"]
 
 
-def test_2_after_the_first_upgrade(disk: Path) -> None:
+def test_2_after_the_first_upgrade(disk: Path, repository: tuple[AptRepository, str]) -> None:
+    repo, _ = repository
+    repo.add("arkes-hello", "1.1", files={"/usr/share/arkes-hello/version": "1.1\n"})
+    repo.publish()
     found = facts(disk, "second boot", SECOND_BOOT)
     healthy(found)
     assert found["rows"] == "apple pear", "the database's rows are kept"
@@ -214,9 +248,14 @@ def test_2_after_the_first_upgrade(disk: Path) -> None:
     assert {k: v for k, v in uids.items() if k in SEEN["uids"]} == SEEN["uids"], "no id changes hands"
     assert {k: v for k, v in gids.items() if k in SEEN["gids"]} == SEEN["gids"]
     assert "carol" in uids
+    assert found["hello"] == "1.0", "a package from the person's own signed repository"
     SEEN["uids"], SEEN["gids"] = uids, gids
     upgraded(found)
-    assert "tcpdump (new) -> " in found["upgrade"], "the upgrade names the package it adds"
+    said = found["upgrade"].split("|")
+    assert "  arkes-hello 1.0 -> 1.1" in said, "the upgrade names the update its repository published"
+    assert any(line.startswith("  tcpdump (new) -> ") for line in said), "and the package the Systemfile adds"
+    mine = f"package repository http://10.0.2.2:{repo.port}/"
+    assert any(line.startswith(mine) and line.endswith("published a new release") for line in said), said
 
 
 def test_3_after_the_second_upgrade(disk: Path) -> None:
@@ -228,6 +267,14 @@ def test_3_after_the_second_upgrade(disk: Path) -> None:
     assert found["carol_old"] == "refused"
     assert set(found["bob_groups"].split()) >= {"bob", "www-data", "editors"}, "group memberships stay"
     assert found["tcpdump"] != "absent"
+    assert found["hello"] == "1.1", "the package update reached the machine"
+    rc, _, said = found["checkupdates"].partition(" ")
+    assert "10.0.2.2" not in said and "arkes-hello" not in said, said
+    # 2: nothing to update; Debian's own mirror may have published meanwhile, and is then the only thing named.
+    assert rc == "2" or (rc == "0" and "deb.debian.org" in said), said
+    changed = [line.split() for line in found["diff"].split("|")]
+    assert ["~", "arkes-hello", "1.0", "->", "1.1"] in changed, found["diff"]
+    assert any(line[:2] == ["+", "tcpdump"] for line in changed), found["diff"]
     uids, gids = ids(found["ids"]), ids(found["gids"])
     assert "tcpdump" in uids, "the system user a package's maintainer script made exists"
     assert {k: v for k, v in uids.items() if k in SEEN["uids"]} == SEEN["uids"], "no id changes hands"
