@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +149,18 @@ class AptRepository:
             self.server.terminate()
             self.server.wait(timeout=10)
             self.server = None
+
+
+@contextmanager
+def hello_repository(root: Path) -> Iterator[tuple[AptRepository, str]]:
+    """A repository of its own key with arkes-hello 1.0 (its version in /usr/share/arkes-hello/version), served
+    while the block runs; gives the repository and its armored public key."""
+    repo = AptRepository(root)
+    key = repo.make_key().decode()
+    repo.add("arkes-hello", "1.0", files={"/usr/share/arkes-hello/version": "1.0\n"})
+    repo.publish()
+    repo.serve()
+    try:
+        yield repo, key
+    finally:
+        repo.stop()

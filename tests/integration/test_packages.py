@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.aptrepo import AptRepository
+from tests.integration.aptrepo import AptRepository, hello_repository
 from tests.integration.conftest import System, installed
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,8 @@ SYSTEMFILE = """
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptRepository, str]]:
-    repo = AptRepository(tmp_path_factory.mktemp("aptrepo") / "www")
-    key = repo.make_key().decode()
-    repo.add("arkes-hello", "1.0", files={"/usr/share/arkes-hello/version": "1.0\n"})
-    repo.publish()
-    repo.serve()
-    try:
-        yield repo, key
-    finally:
-        repo.stop()
+    with hello_repository(tmp_path_factory.mktemp("aptrepo") / "www") as served:
+        yield served
 
 
 def installed_version(system: System, index: int = 0) -> str:

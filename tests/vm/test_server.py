@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.aptrepo import AptRepository
+from tests.integration.aptrepo import AptRepository, hello_repository
 from tests.integration.conftest import OS
 from tests.vm.conftest import guest
 
@@ -152,15 +152,8 @@ fact tcpdump "$(command -v tcpdump || echo absent)"
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptRepository, str]]:
     """The person's own signed package repository, on this host's loopback; the guest reaches it as 10.0.2.2."""
-    repo = AptRepository(tmp_path_factory.mktemp("aptrepo") / "www")
-    key = repo.make_key().decode()
-    repo.add("arkes-hello", "1.0", files={"/usr/share/arkes-hello/version": "1.0\n"})
-    repo.publish()
-    repo.serve()
-    try:
-        yield repo, key
-    finally:
-        repo.stop()
+    with hello_repository(tmp_path_factory.mktemp("aptrepo") / "www") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
