@@ -10,7 +10,7 @@ network); `os upgrade` → boot: every service active, rows, page and homes kept
 passwords, ids distinct and unchanged; carol's password and bob's groups changed on the machine; the repository
 publishes 1.1 of its package; the Systemfile adds tcpdump; `os upgrade` names both changes → boot: the same, the
 update and the package's system user are there, no id shared, no failed unit, `os checkupdates` finds nothing and
-`os diff --packages` shows the change.
+`os diff --packages 1 0` shows the change.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ upgrade
 THIRD_BOOT = r"""
 rc=0; os checkupdates > /run/checkupdates 2>&1 || rc=$?
 fact checkupdates "$rc $(tr '\n' '|' < /run/checkupdates)"
-fact diff "$(os diff --packages 2>&1 | tr '\n' '|')"
+fact diff "$(os diff --packages 1 0 2>&1 | tr '\n' '|')"
 fact rows "$(sql 'SELECT name FROM items ORDER BY name')"
 fact bob_login "$(login bob bob-secret)"
 fact carol_login "$(login carol changed-on-the-machine)"
