@@ -130,13 +130,14 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     for ref in sf.external_images:
         if images.is_ours(ref) and ensure_images:
             images.ensure(ref)
-        if not podman.image_exists(ref):
+        image = podman.image_info(ref)
+        if image is None:
             line = next((s.line for s in sf.stages if s.base == ref), 1)
             raise UsageError(
                 f"{path}:{line}: the base image {ref} does not exist",
                 hint=f"build or pull it first (podman images lists what exists); {images.BASE} is built on demand",
             )
-        digests[ref] = podman.image_digest(ref)
+        digests[ref] = podman.image_digest(ref, image)
     manifest = context_manifest(context)
     ihash = input_hash(sf.text.encode(), manifest, digests, kargs)
     return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))

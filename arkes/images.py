@@ -110,7 +110,8 @@ def base_inputs() -> str:
 
 
 def _current(ref: str, inputs: str) -> bool:
-    return podman.image_exists(ref) and podman.image_labels(ref).get(INPUTS_LABEL) == inputs
+    image = podman.image_info(ref)
+    return image is not None and podman.image_labels(ref, image).get(INPUTS_LABEL) == inputs
 
 
 @dataclass(frozen=True)
