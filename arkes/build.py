@@ -125,12 +125,18 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     context = path.parent
     from arkes import systemfile
 
-    sf = systemfile.load(path, context)
+    inspected: dict[str, dict[str, object] | None] = {}
+
+    def image_env(ref: str) -> dict[str, str] | None:
+        image = inspected[ref] = podman.image_info(ref)
+        return podman.image_env(image) if image is not None else None
+
+    sf = systemfile.load(path, context, image_env=image_env)
     digests: dict[str, str] = {}
     for ref in sf.external_images:
-        if images.is_ours(ref) and ensure_images:
-            images.ensure(ref)
-        image = podman.image_info(ref)
+        if images.is_ours(ref) and ensure_images and images.ensure(ref).rebuilt:
+            inspected.pop(ref, None)
+        image = inspected[ref] if ref in inspected else podman.image_info(ref)
         if image is None:
             line = next((s.line for s in sf.stages if s.base == ref), 1)
             raise UsageError(

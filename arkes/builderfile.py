@@ -8,6 +8,8 @@ builder says still points at the Systemfile's own lines:
 - `COPY --link` and `ADD --link` lose the flag: it changes how BuildKit caches and rebases the layer, not what the
   layer holds, and the tree is what a system is made of.
 - `RUN --security=sandbox` loses the flag: it is the default.
+- `<< EOF` becomes `<<EOF`: BuildKit allows blanks between the operator and the heredoc's name, Buildah 1.39 (whose
+  parser is BuildKit v0.19's) does not see a heredoc there and would read its body as instructions.
 - `COPY --parents SRC... DEST` becomes `COPY --from=CONTEXT . DEST`, CONTEXT being a build context staged here that
   holds each source at its path in the build context (or below its `/./` pivot), which is what --parents copies.
 
@@ -63,6 +65,8 @@ def translate(sf: Systemfile, context: Path, staging: Path, *, package_state: st
             _edit_first_lines(lines, ins, _LINK)
         if ins.cmd == "RUN" and "--security=sandbox" in ins.flags:
             _edit_first_lines(lines, ins, _SANDBOX)
+        if ins.heredocs:
+            _close_heredoc_openers(lines, ins)
         if ins.cmd == "COPY" and any(_flag_name(f) == "parents" and _is_true(f) for f in ins.flags):
             name = f"arkes-parents-{ins.start_line}"
             try:
@@ -112,6 +116,20 @@ def _edit_first_lines(lines: list[str], ins: Instruction, flag: re.Pattern[str])
         if count:
             lines[number - 1] = edited[:-1]
             return
+
+
+def _close_heredoc_openers(lines: list[str], ins: Instruction) -> None:
+    """`<< NAME` → `<<NAME` for each heredoc, in order: the openers come before the first body."""
+    number, column = ins.start_line, 0
+    for doc in ins.heredocs:
+        opener = re.compile(r"<<-?([ \t]*)(?=([\"']?)" + re.escape(doc.name) + r"\2)")
+        for at in range(number, ins.end_line + 1):
+            line = lines[at - 1]
+            found = opener.search(line, column if at == number else 0)
+            if found:
+                lines[at - 1] = line[: found.start(1)] + line[found.end(1) :]
+                number, column = at, found.start(1)
+                break
 
 
 def _replace(lines: list[str], ins: Instruction, text: str) -> None:

@@ -30,7 +30,6 @@ BUILDER = "the builder (Buildah 1.39)"
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")  # Go's reWhitespace: no newline, no Unicode spaces
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
 _HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z")
-_HEREDOC_V019 = re.compile(r"([0-9]*)<<(-?)([^<]*)\Z")  # BuildKit v0.19, which Buildah 1.39 uses: no space
 # Where parsing resumes after an unterminated heredoc: the next line that looks like an instruction. Upper case
 # only, because heredoc bodies are shell scripts and `env`, `user` or `add` start many of their lines.
 _INSTRUCTION_LINE = re.compile(r"^\s*(?:{})(?:\s|$)".format("|".join(sorted(INSTRUCTIONS))))
@@ -153,11 +152,10 @@ class Lexer:
         raw_escapes: bool = False,
         skip_unset: bool = False,
         skip_quotes: bool = False,
-        heredoc_words: bool = True,
     ) -> None:
         self.escape, self.env, self.complete = escape, env or {}, complete
         self.raw_quotes, self.raw_escapes, self.skip_unset = raw_quotes, raw_escapes, skip_unset
-        self.skip_quotes, self.heredoc_words = skip_quotes, heredoc_words
+        self.skip_quotes = skip_quotes
         self.text, self.pos, self.uncertain = "", 0, False
         self.unset: list[str] = []  # names used as $NAME or ${NAME} while unset
         self.plain_modifiers: set[str] = set()
@@ -194,7 +192,7 @@ class Lexer:
                     result.append(part)
                     for each in part:
                         words.add_char(each)
-                elif char == "<" and self.heredoc_words:
+                elif char == "<":
                     part = self._possible_heredoc()
                     result.append(part)
                     words.add_raw(part)
@@ -412,16 +410,15 @@ def _reverse_pattern(pattern: str) -> str:
     return "".join(reversed(tokens))
 
 
-def parse_heredoc(word: str, *, v019: bool = False) -> Heredoc | None:
+def parse_heredoc(word: str) -> Heredoc | None:
     """The heredoc a word such as `<<EOF`, `<<-'EOF'` or `3<<EOF` opens, without its body; None if it opens none."""
-    match = (_HEREDOC_V019 if v019 else _HEREDOC).match(word)
+    match = _HEREDOC.match(word)
     if not match or not match[3]:
         return None
-    lexer = Lexer(skip_unset=True, heredoc_words=not v019)
-    words = lexer.words(match[3])
+    words = Lexer(skip_unset=True).words(match[3])
     if len(words) != 1:
         return None
-    raw = Lexer(raw_quotes=True, skip_unset=True, heredoc_words=not v019).words(match[3])
+    raw = Lexer(raw_quotes=True, skip_unset=True).words(match[3])
     if len(raw) != len(words):
         raise ShellError(f"internal lexing of heredoc produced inconsistent results: {match[3]}")
     quotes = words[0].count("'") + words[0].count('"')
@@ -429,25 +426,12 @@ def parse_heredoc(word: str, *, v019: bool = False) -> Heredoc | None:
     return Heredoc(words[0], "", expand, match[2] == "-", int(match[1] or 0))
 
 
-def heredoc_words(line: str, *, v019: bool = False) -> list[str]:
+def heredoc_words(line: str) -> list[str]:
     """The line split into words as BuildKit does to look for heredocs: quotes and escapes kept, no expansion."""
     try:
-        return Lexer(raw_quotes=True, raw_escapes=True, skip_unset=True, heredoc_words=not v019).words(line)
+        return Lexer(raw_quotes=True, raw_escapes=True, skip_unset=True).words(line)
     except ShellError:
         return []  # BuildKit ignores the error: a line with an unmatched quote opens no heredoc
-
-
-def _v019_heredocs(line: str) -> list[str]:
-    """The names of the heredocs Buildah 1.39 (BuildKit v0.19's heredoc code) finds in a line."""
-    names = []
-    for word in heredoc_words(line, v019=True):
-        try:
-            doc = parse_heredoc(word, v019=True)
-        except ShellError:
-            doc = None
-        if doc:
-            names.append(doc.name)
-    return names
 
 
 def parse_words(rest: str, escape: str) -> list[str]:
@@ -697,9 +681,6 @@ class _Parser:
             return []
         words = heredoc_words(line)
         opened = [doc for doc in map(parse_heredoc, words) if doc]
-        if [doc.name for doc in opened] != _v019_heredocs(line):
-            why = "a heredoc for BuildKit but not for " + BUILDER + ", which reads its body as instructions"
-            self.divergences.append((start, f"{target.cmd}: a space after '<<' makes {why}; write <<EOF"))
         for before, after in zip(words, [*words[1:], ""], strict=True):
             if before == "<<-" and after:
                 why = "it is not a heredoc, and the lines after it are read as instructions"

@@ -87,6 +87,13 @@ def image_labels(ref: str, image: dict[str, object] | None = None) -> dict[str, 
     return {str(k): str(v) for k, v in (labels or {}).items()}
 
 
+def image_env(image: dict[str, object]) -> dict[str, str]:
+    """The variables an image's config sets (its Env, NAME=value each)."""
+    config = image.get("Config")
+    env = config.get("Env") if isinstance(config, dict) else None
+    return dict(str(each).partition("=")[::2] for each in env or [])
+
+
 def import_tarball(tarball: Path, ref: str, changes: list[str]) -> None:
     argv: list[str | os.PathLike[str]] = _podman("import")
     for change in changes:

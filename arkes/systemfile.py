@@ -19,7 +19,7 @@ import itertools
 import platform
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,9 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Env = dict[str, str | None]
+# The environment an image sets (its config's Env), or None when it is not at hand: then a variable the Systemfile
+# does not set may come from the image, and its substitutions are left for the builder.
+ImageEnv = Callable[[str], Mapping[str, str] | None]
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,15 @@ class Report:
     systemfile: Systemfile
 
 
-def check(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Report:
-    """Every error and warning, each sorted by line. context defaults to path.parent.
+def check(
+    path: Path,
+    context: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    *,
+    image_env: ImageEnv | None = None,
+) -> Report:
+    """Every error and warning, each sorted by line. context defaults to path.parent; `image_env` tells what
+    each base image sets, so that ${VAR:?message} of a variable neither the file nor its base sets is refused.
 
     A missing or unreadable file (or context) is not a problem in the file: it raises UsageError.
     """
@@ -145,7 +155,7 @@ def check(path: Path, context: Path | None = None, build_args: Mapping[str, str]
     context = path.parent if context is None else context
     if not context.is_dir():
         raise UsageError(f"build context {context} is not a directory", hint="give the directory COPY reads from")
-    checker = _Checker(context, build_args or {})
+    checker = _Checker(context, build_args or {}, image_env)
     text = ""
     if binary := _binary(data):
         # Past a byte that is not text, line numbers and the parser's view mean nothing.
@@ -171,9 +181,15 @@ def warnings(path: Path, context: Path | None = None, build_args: Mapping[str, s
     return list(check(path, context, build_args).warnings)
 
 
-def load(path: Path, context: Path | None = None, build_args: Mapping[str, str] | None = None) -> Systemfile:
+def load(
+    path: Path,
+    context: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    *,
+    image_env: ImageEnv | None = None,
+) -> Systemfile:
     """Parse and validate; raise ValidationError listing every error, UsageError if the file cannot be read."""
-    report = check(path, context, build_args)
+    report = check(path, context, build_args, image_env=image_env)
     if report.errors:
         raise ValidationError(list(report.errors), hint=f"fix {path} and run `os check` again")
     return report.systemfile
@@ -237,8 +253,8 @@ class _StageState:
 
 
 class _Checker:
-    def __init__(self, context: Path, build_args: Mapping[str, str]) -> None:
-        self.context, self.build_args = context, build_args
+    def __init__(self, context: Path, build_args: Mapping[str, str], image_env: ImageEnv | None = None) -> None:
+        self.context, self.build_args, self.image_env = context, build_args, image_env
         self.errors: list[tuple[int, str]] = []
         self.warnings: list[tuple[int, str]] = []
         self.state_warnings: list[tuple[int, str]] = []
@@ -510,6 +526,9 @@ class _Checker:
         complete = base == "scratch"
         if index is not None:
             env, complete = dict(self.states[index].env), self.states[index].complete
+        elif base != "scratch" and base and self.image_env and (known := self.image_env(base)) is not None:
+            # BuildKit substitutes with the base image's own variables, and knows that the others are unset.
+            env, complete = dict(known), True
         self.states.append(_StageState(len(self.states), written, line, env, complete))
         if index is not None:
             self.states[-1].references.append((index, line, f"FROM {base}"))

@@ -47,6 +47,12 @@ MODERN = """
     ONE
     second
     TWO
+    RUN << "SPACED" cat > /usr/share/t-spaced
+    $GREETING spaced
+    SPACED
+    COPY <<  EOF /usr/share/t-copy-spaced
+    ${GREETING} spaced
+    EOF
     COPY <<EOF /usr/share/t-copy-expanded
     greeting=${GREETING}
     EOF
@@ -120,6 +126,8 @@ def test_current_syntax_builds_to_the_expected_tree(modern: System) -> None:
         "share/t-dash": "tabs-stripped\n",
         "share/t-one": "first\n",
         "share/t-two": "second\n",
+        "share/t-spaced": "$GREETING spaced\n",
+        "share/t-copy-spaced": "hello spaced\n",
         "share/t-copy-expanded": "greeting=hello\n",
         "share/t-copy-literal": "greeting=${GREETING}\n",
         "libexec/t-script": "echo script\n",

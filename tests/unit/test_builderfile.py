@@ -53,6 +53,27 @@ def test_link_and_sandbox_flags_are_dropped_in_place(tmp_path: Path) -> None:
     ]
 
 
+def test_heredoc_openers_lose_their_blanks(tmp_path: Path) -> None:
+    text = (
+        "FROM localhost/arkes:base\n"
+        'RUN << ONE cat > /one && <<\t"TWO" cat > /two\n'
+        "cat << ONE\n"  # the body, not an opener
+        "ONE\n"
+        "TWO\n"
+        "RUN <<EOF\n"
+        "x << EOF\n"
+        "EOF\n"
+        "COPY <<  'X' /x\n"
+        "hi\n"
+        "X\n"
+    )
+    out = translate(tmp_path, text).text.split("\n")
+    assert out[1] == """RUN <<ONE cat > /one && <<"TWO" cat > /two"""
+    assert out[2] == "cat << ONE" and out[6] == "x << EOF"
+    assert out[8] == "COPY <<'X' /x"
+    assert len(out) == len(text.split("\n"))
+
+
 def test_parents_are_staged_as_a_build_context(tmp_path: Path) -> None:
     files = {"src/a/one.txt": "1", "src/b/two.txt": "2", "src/b/deep/three.md": "3", "top.txt": "t"}
     text = (

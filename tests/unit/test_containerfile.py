@@ -186,10 +186,10 @@ def test_not_heredocs(text: str) -> None:
 
 
 def test_space_after_heredoc_operator() -> None:
-    # Current BuildKit reads `<< EOF` as a heredoc; Buildah 1.39 (BuildKit v0.19's heredoc code) does not.
+    # Current BuildKit reads `<< EOF` as a heredoc (arkes.builderfile writes it as `<<EOF` for Buildah 1.39).
     parsed = parse("FROM x\nRUN << EOF\necho hi\nEOF\n")
     assert parsed.instructions[1].heredocs[0].name == "EOF"
-    assert parsed.divergences[0][0] == 2 and "a space after '<<'" in parsed.divergences[0][1]
+    assert not parsed.errors and not parsed.divergences
     # `<<- EOF` is a heredoc to neither: its body becomes instructions.
     parsed = parse("FROM x\nRUN cat <<- EOF\nhi\nEOF\n")
     assert [i.cmd for i in parsed.instructions] == ["FROM", "RUN", "HI", "EOF"]
