@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from arkes import __version__, log, status
 from arkes.errors import UsageError
-from arkes.ostree import Sysroot
+from arkes.target import Target, given_path, is_booted_root
 
 if TYPE_CHECKING:
     from arkes.deploy import Outcome
@@ -34,27 +34,9 @@ def emit(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def target_path(args: argparse.Namespace) -> Path:
-    given = args.sysroot or os.environ.get("ARKES_SYSROOT")
-    if given:
-        return Path(given).absolute()
-    if Path("/run/ostree-booted").exists():
-        return Path("/")
-    raise UsageError(
-        "this machine is not a booted Arkēs system; `os` will not touch its root filesystem",
-        hint="act on a sysroot directory with `os --sysroot DIR ...` (or ARKES_SYSROOT=DIR), "
-        "e.g. `os --sysroot /tmp/sys install`",
-    )
-
-
-def open_target(args: argparse.Namespace, *, writes: bool = False) -> Sysroot:
-    """The sysroot to act on. `writes`: the command changes deployments, so on a booted system libostree gets a
-    private mount namespace in which it may make /sysroot writable."""
-    path = target_path(args)
-    if not Sysroot.is_initialized(path):
-        raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
-    sysroot: Sysroot = Sysroot.open(path, private_mounts=writes)
-    return sysroot
+def open_target(args: argparse.Namespace, *, writes: bool = False) -> Target:
+    """The system the command acts on, resolved once (see arkes.target). `writes`: it changes deployments."""
+    return Target.open(given_path(args.sysroot), writes=writes, systemfile=_systemfile_arg(args))
 
 
 def _systemfile_arg(args: argparse.Namespace) -> Path | None:
@@ -91,12 +73,12 @@ def _local_image_env(ref: str) -> dict[str, str] | None:
 
 
 def cli_check(args: argparse.Namespace) -> int:
-    from arkes import deploy, systemfile
+    from arkes import systemfile
 
     if args.path:
         path = Path(args.path)
     elif args.sysroot or os.environ.get("ARKES_SYSROOT") or Path("/run/ostree-booted").exists():
-        path = deploy.resolve_systemfile(open_target(args), None)
+        path = open_target(args).systemfile()
     else:
         path = Path("Systemfile")  # a Systemfile being written in the current directory
     if not path.is_file():
@@ -161,7 +143,7 @@ def cli_install(args: argparse.Namespace) -> int:
         if args.json:
             emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
         return 0
-    path = target_path(args)
+    path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
     outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
@@ -187,9 +169,7 @@ def _outcome(args: argparse.Namespace, outcome: Outcome) -> None:
 def cli_build(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    outcome = deploy.upgrade(
-        open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False, secrets=_secrets_arg(args)
-    )
+    outcome = deploy.upgrade(open_target(args, writes=True), deploy=False, reuse=False, secrets=_secrets_arg(args))
     _outcome(args, outcome)
     if not args.json:
         print(outcome.checksum)
@@ -204,14 +184,13 @@ def cli_upgrade(args: argparse.Namespace) -> int:
     if args.automatic:
         from arkes import updates
 
-        policy = updates.automatic_policy(deploy.system_etc(open_target(args)) / "system")
+        policy = updates.automatic_policy(open_target(args).system_dir)
         log.info(f"automatic updates: {policy} ({updates.POLICIES[policy]})")
         if policy == "check":
             return cli_checkupdates(args)
-    sysroot = open_target(args, writes=True)
+    target = open_target(args, writes=True)
     outcome = deploy.upgrade(
-        sysroot,
-        _systemfile_arg(args),
+        target,
         deploy=not args.download_only,
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
@@ -220,7 +199,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
     if args.download_only and not outcome.up_to_date:
         log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
     if args.reboot and outcome.deployed:
-        if not deploy.is_booted_root(sysroot.path):
+        if not target.booted:
             raise UsageError("--reboot only applies to the booted system")
         log.info("rebooting into the new deployment")
         from arkes import run
@@ -252,12 +231,13 @@ def cli_diff(args: argparse.Namespace) -> int:
 
     from arkes import diff
 
-    sysroot = open_target(args)
+    target = open_target(args)
+    sysroot = target.sysroot
     if args.etc:
-        changes = diff.etc(sysroot, args.a)
+        changes = diff.etc(target, args.a)
         what = "etc"
     elif args.var:
-        changes = diff.var(sysroot, args.a)
+        changes = diff.var(target, args.a)
         what = "var"
     else:
         if args.a is None:
@@ -290,7 +270,7 @@ def cli_du(args: argparse.Namespace) -> int:
 
     from arkes import du
 
-    usage = du.measure(open_target(args))
+    usage = du.measure(open_target(args).sysroot)
     if args.json:
         data = asdict(usage)
         data["apiVersion"] = status.API_VERSION
@@ -316,29 +296,29 @@ def cli_unlock(args: argparse.Namespace) -> int:
 def cli_boot_menu(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.boot_menu(open_target(args))
+    deploy.boot_menu(open_target(args).sysroot)
     return 0
 
 
 def cli_etc_merge(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import etc
 
-    if not deploy.is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
+    if not is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
         raise UsageError("`os etc-merge` finishes the running system's /etc", hint="it runs at boot by itself")
-    deploy.finish(Path("/etc"), Path("/usr/etc"))
+    etc.finish(Path("/etc"), Path("/usr/etc"))
     return 0
 
 
 def cli_edit(args: argparse.Namespace) -> int:
     from arkes import edit
 
-    return edit.edit(open_target(args, writes=True), lambda sysroot: _upgrade(sysroot))
+    return edit.edit(open_target(args, writes=True), _upgrade)
 
 
-def _upgrade(sysroot: Sysroot) -> None:
+def _upgrade(target: Target) -> None:
     from arkes import deploy
 
-    deploy.upgrade(sysroot, None, deploy=True)
+    deploy.upgrade(target, deploy=True)
 
 
 def cli_status(args: argparse.Namespace) -> int:
@@ -353,14 +333,14 @@ def cli_status(args: argparse.Namespace) -> int:
 def cli_revert(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.revert(open_target(args, writes=True))
+    deploy.revert(open_target(args, writes=True).sysroot)
     return 0
 
 
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.rollback(open_target(args, writes=True))
+    deploy.rollback(open_target(args, writes=True).sysroot)
     return 0
 
 
@@ -376,7 +356,7 @@ def _size(n: int) -> str:
 def cli_prune(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    pruned = deploy.prune(open_target(args, writes=True), args.keep)
+    pruned = deploy.prune(open_target(args, writes=True).sysroot, args.keep)
     if args.json:
         emit(
             {
@@ -400,7 +380,7 @@ def cli_prune(args: argparse.Namespace) -> int:
 def cli_pin(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.pin(open_target(args, writes=True), args.index, not args.unpin)
+    deploy.pin(open_target(args, writes=True).sysroot, args.index, not args.unpin)
     log.info(f"deployment {args.index} {'unpinned' if args.unpin else 'pinned'}")
     return 0
 

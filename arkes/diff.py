@@ -6,26 +6,17 @@ overlay from comparing a deployment's /etc with the image's defaults in its /usr
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shlex
-import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arkes import build, deploy, run, tree
+from arkes import build, run, tree
 from arkes.errors import UsageError
+from arkes.etc import Change, overlay
 from arkes.ostree import Sysroot
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: str  # added, removed, modified (files) / changed (packages)
-    name: str
-    old: str = ""
-    new: str = ""
+from arkes.target import Target
 
 
 def default_pair(sysroot: Sysroot) -> tuple[int, int]:
@@ -85,47 +76,9 @@ def files(sysroot: Sysroot, a: int, b: int) -> list[Change]:
     return changes
 
 
-def _describe(path: Path) -> str:
-    st = path.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        return f"link:{os.readlink(path)}"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return "file"
-
-
-def etc_overlay(etc: Path, defaults: Path) -> list[Change]:
-    """Files of `etc` added, modified or removed relative to the image's defaults (`usr/etc`)."""
-    changes: list[Change] = []
-
-    def walk(relative: str) -> None:
-        here, there = etc / relative, defaults / relative
-        names = set(os.listdir(here)) if here.is_dir() and not here.is_symlink() else set()
-        default_names = set(os.listdir(there)) if there.is_dir() and not there.is_symlink() else set()
-        for name in sorted(names | default_names):
-            rel = f"{relative}/{name}" if relative else name
-            mine, image = etc / rel, defaults / rel
-            if name not in default_names:
-                changes.append(Change("added", f"/etc/{rel}"))
-            elif name not in names:
-                changes.append(Change("removed", f"/etc/{rel}"))
-            else:
-                a, b = _describe(image), _describe(mine)
-                if a != b:
-                    changes.append(Change("modified", f"/etc/{rel}", a, b))
-                elif a == "dir":
-                    walk(rel)
-                elif a == "file":
-                    same_mode = stat.S_IMODE(mine.lstat().st_mode) == stat.S_IMODE(image.lstat().st_mode)
-                    if not same_mode or not filecmp.cmp(mine, image, shallow=False):
-                        changes.append(Change("modified", f"/etc/{rel}"))
-
-    walk("")
-    return changes
-
-
-def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
+def etc(target: Target, index: int | None) -> list[Change]:
     """The local /etc overlay of a deployment: the running /etc for the booted one."""
+    sysroot = target.sysroot
     if index is None:
         deployment = sysroot.booted or sysroot.default()
     else:
@@ -134,12 +87,8 @@ def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
         raise UsageError("there is no deployment")
     root = sysroot.deployment_dir(deployment)
     booted = sysroot.booted
-    live = (
-        Path("/etc")
-        if deploy.is_booted_root(sysroot.path) and booted is not None and booted.equal(deployment)
-        else root / "etc"
-    )
-    return etc_overlay(live, root / "usr/etc")
+    live = Path("/etc") if target.booted and booted is not None and booted.equal(deployment) else root / "etc"
+    return overlay(live, root / "usr/etc")
 
 
 # --- /var: the machine's, seeded once ------------------------------------------------------------------------
@@ -206,8 +155,9 @@ def var_kept(var: Path, new: Reader, old: Reader | None = None) -> list[Change]:
     return changes
 
 
-def var(sysroot: Sysroot, index: int | None) -> list[Change]:
+def var(target: Target, index: int | None) -> list[Change]:
     """`os diff --var`: the image's /var content that the machine's /var does not have (the machine's stays)."""
+    sysroot = target.sysroot
     deployment = (sysroot.booted or sysroot.default()) if index is None else _deployment(sysroot, index)
     if deployment is None:
         raise UsageError("there is no deployment")
@@ -219,4 +169,4 @@ def var(sysroot: Sysroot, index: int | None) -> list[Change]:
         except OSError:
             return None
 
-    return var_kept(deploy.system_var(sysroot), read)
+    return var_kept(target.var, read)

@@ -43,15 +43,6 @@ META_PACKAGE_STATE = "arkes.package-state"
 META_PACKAGE_INDEXES = "arkes.package-indexes"
 
 
-def _check(result: Any, what: str) -> Any:
-    """PyGObject returns (ok, value, ...) tuples for gboolean+out functions; unwrap them."""
-    if isinstance(result, tuple):
-        if not result[0]:
-            raise ArkesError(f"{what} failed")
-        return result[1] if len(result) == 2 else result[1:]
-    return result
-
-
 def _error(what: str, e: GLib.Error) -> ArkesError:
     # OSTree refuses before the disk is full (min-free-space-percent) or fails when it is: the same cause for a person.
     if "No space left" in e.message or "min-free-space" in e.message:
@@ -93,7 +84,6 @@ class Sysroot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(os.fspath(path)))
-        self._locked = False
         self._commit_roots: dict[str, Any] = {}
 
     @staticmethod
@@ -186,12 +176,10 @@ class Sysroot:
                 f"another process is changing the system at {self.path} (the sysroot lock is held)",
                 hint="wait for the other `os` command to finish, then try again",
             )
-        self._locked = True
         try:
             yield
         finally:
             self._sysroot.unlock()
-            self._locked = False
 
     # --- deployments -------------------------------------------------------------------------------------
 
@@ -349,6 +337,15 @@ class Sysroot:
             self._commit_roots[checksum] = root
         node = root.resolve_relative_path(path.lstrip("/"))
         return node if node.query_exists(None) else None
+
+    @_wrap("reading the commit's tree")
+    def commit_is_dir(self, checksum: str, path: str) -> bool | None:
+        """Whether `path` inside a commit is a directory (not following links); None when absent."""
+        node = self.commit_file(checksum, path)
+        if node is None:
+            return None
+        kind = node.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        return bool(kind == Gio.FileType.DIRECTORY)
 
     @_wrap("reading the commit's tree")
     def read_commit_file(self, checksum: str, path: str) -> bytes | None:

@@ -62,11 +62,10 @@ def image_info(ref: str) -> dict[str, object] | None:
 
 
 def inspect_image(ref: str) -> dict[str, object]:
-    result = run.run(_podman("image", "inspect", ref), what=f"podman image inspect {ref}")
-    data = json.loads(result.stdout)
-    if not data:
-        raise CommandError(f"podman knows no image {ref}")
-    image: dict[str, object] = data[0]
+    """What `podman image inspect` says of `ref`; an error when the storage does not hold it."""
+    image = image_info(ref)
+    if image is None:
+        raise CommandError(f"podman knows no image {ref}", hint="`podman images` lists the images there are")
     return image
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from arkes import diff, du
+from arkes import du, etc
 from arkes.errors import ArkesError
 from arkes.ostree import Gio, Sysroot
 
@@ -66,32 +66,7 @@ def root_space(sysroot: Sysroot, etc: Path) -> None:
         )
 
 
-def etc_conflicts(sysroot: Sysroot, checksum: str, etc: Path, defaults: Path) -> None:
-    """Refuse when a local change in /etc and the new image disagree on what a path is (file against directory)."""
-    conflicts = []
-    for change in diff.etc_overlay(etc, defaults):
-        if change.kind == "removed":
-            continue
-        relative = change.name.removeprefix("/etc/")
-        node = sysroot.commit_file(checksum, f"usr/etc/{relative}")
-        if node is None:
-            continue
-        new_is_dir = node.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None) == Gio.FileType.DIRECTORY
-        local = etc / relative
-        local_is_dir = local.is_dir() and not local.is_symlink()
-        if new_is_dir != local_is_dir:
-            mine = "a directory" if local_is_dir else "a file"
-            theirs = "a directory" if new_is_dir else "a file"
-            conflicts.append(f"{change.name}: this machine has {mine}, the new image has {theirs}")
-    if conflicts:
-        raise ArkesError(
-            "the new deployment's /etc cannot be merged with this machine's:\n"
-            + "\n".join(f"  {c}" for c in conflicts),
-            hint="move the local path out of the way (or change the Systemfile), then upgrade again",
-        )
-
-
-def check(sysroot: Sysroot, checksum: str, etc: Path, defaults: Path) -> None:
-    etc_conflicts(sysroot, checksum, etc, defaults)
+def check(sysroot: Sysroot, checksum: str, machine_etc: Path, defaults: Path) -> None:
+    etc.check_conflicts(sysroot, checksum, machine_etc, defaults)
     boot_space(sysroot, checksum)
-    root_space(sysroot, etc)
+    root_space(sysroot, machine_etc)

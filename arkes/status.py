@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from arkes import ostree
-from arkes.ostree import Sysroot
+from arkes.target import Target
 
 API_VERSION = "arkes/v1"
 
@@ -48,7 +48,8 @@ class Status:
     last_check: LastCheck | None = None
 
 
-def collect(sysroot: Sysroot) -> Status:
+def collect(target: Target) -> Status:
+    sysroot = target.sysroot
     booted = sysroot.booted
     result = []
     for index, d in enumerate(sysroot.deployments()):
@@ -79,7 +80,7 @@ def collect(sysroot: Sysroot) -> Status:
         )
     from arkes import updates  # only here: it brings the whole build pipeline with it
 
-    report = updates.last(sysroot)
+    report = updates.last(target)
     last = None
     if report is not None:
         last = LastCheck(

@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from arkes import __version__, build, deploy, log, packages, podman
+from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import Sysroot
+from arkes.target import Target
 
-STATE_FILE = "lib/arkes/checkupdates.json"
+STATE_FILE = "checkupdates.json"  # in the machine's state directory
 POLICY_FILE = "updates.conf"
 POLICIES = {
     "check": "the daily timer only reports updates",
@@ -82,13 +83,12 @@ class Report:
         }
 
 
-def state_path(sysroot: Sysroot) -> Path:
-    return deploy.system_var(sysroot) / STATE_FILE
+def state_path(target: Target) -> Path:
+    return target.state_dir / STATE_FILE
 
 
-def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]:
-    etc = deploy.system_etc(sysroot)
-    path = etc / "system/Systemfile"
+def _input_findings(target: Target, metadata: dict[str, Any]) -> list[Finding]:
+    path = target.system_dir / "Systemfile"
     findings = []
     recorded_sf = str(metadata.get(build.META_SYSTEMFILE_SHA256, ""))
     current_sf = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
@@ -106,9 +106,9 @@ def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]
         elif recorded[name] != current[name]:
             findings.append(Finding("context", name, "", "modified"))
     recorded_kargs = " ".join(str(k) for k in metadata.get(build.META_MACHINE_KARGS, []))
-    current_kargs = " ".join(deploy.machine_kargs(etc / "system"))
+    current_kargs = " ".join(target.kargs)
     if recorded_kargs != current_kargs:
-        findings.append(Finding("kargs", str(etc / "system/kargs"), recorded_kargs, current_kargs))
+        findings.append(Finding("kargs", str(target.system_dir / "kargs"), recorded_kargs, current_kargs))
     tool = str(metadata.get(build.META_TOOL_VERSION, ""))
     if tool != __version__:
         findings.append(Finding("tool", "os", tool, __version__))
@@ -167,47 +167,48 @@ def _package_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[s
     return parse_upgradable(output)
 
 
-def _repository_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+def _repository_findings(target: Target, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
     """Repositories that published a new release since the default deployment was built (see arkes.packages)."""
     recorded = packages.recorded(metadata.get(build.META_PACKAGE_INDEXES))
     if not recorded:
         return []
-    state = packages.fetch_state(recorded, cache=deploy.system_var(sysroot) / deploy.PACKAGE_CACHE)
+    state = packages.fetch_state(recorded, cache=target.package_cache)
     errors += [f"cannot reach a package repository: {problem}" for problem in state.unreachable]
     return [Finding("repository", url, recorded[url][:12], state.indexes[url][:12]) for url in state.changed(recorded)]
 
 
-def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
+def check(target: Target, *, packages: bool = True) -> Report:
+    sysroot = target.sysroot
     default = sysroot.default()
     if default is None:
         raise ArkesError(f"{sysroot.path} has no deployment to check")
     metadata = sysroot.commit(default.get_csum()).metadata
     errors: list[str] = []
-    findings = _input_findings(sysroot, metadata)
+    findings = _input_findings(target, metadata)
     findings += _base_findings(metadata, errors)
     if packages:
-        findings += _repository_findings(sysroot, metadata, errors)
+        findings += _repository_findings(target, metadata, errors)
         findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
     try:
-        _record(sysroot, report)
+        _record(target, report)
     except OSError as e:
         # A read-only sysroot can still be asked; only `os status` misses the report.
         log.warn(f"the report is not kept for `os status`: {e.strerror}: {e.filename}")
     return report
 
 
-def _record(sysroot: Sysroot, report: Report) -> None:
-    path = state_path(sysroot)
+def _record(target: Target, report: Report) -> None:
+    path = state_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def last(sysroot: Sysroot) -> dict[str, Any] | None:
-    path = state_path(sysroot)
+def last(target: Target) -> dict[str, Any] | None:
+    path = state_path(target)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from arkes import diff, updates
+from arkes import etc as etc_module
+from arkes import updates
 
 APT = """\
 Listing...
@@ -49,7 +50,7 @@ def test_etc_overlay(tmp_path: Path) -> None:
     (etc / "link").symlink_to("mine.conf")
     (defaults / "was-file").write_text("f\n")
     (etc / "was-file").mkdir()
-    changes = {(c.kind, c.name) for c in diff.etc_overlay(etc, defaults)}
+    changes = {(c.kind, c.name) for c in etc_module.overlay(etc, defaults)}
     assert changes == {
         ("removed", "/etc/gone.conf"),
         ("added", "/etc/mine.conf"),
