@@ -7,14 +7,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from arkes import __version__, log, status
+from arkes import __version__, log, results, status
 from arkes.errors import UsageError
 from arkes.target import Target, given_path, is_booted_root
-
-if TYPE_CHECKING:
-    from arkes.deploy import Outcome
 
 DESCRIPTION = """\
 Arkēs: the whole system is declared in one Containerfile, the Systemfile (/etc/system/Systemfile).
@@ -32,6 +29,16 @@ def emit(data: Any) -> None:
     """Data for programs goes to stdout, as JSON."""
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def show(args: argparse.Namespace, model: results.Result) -> None:
+    """A command's result: what people are told on stderr, then its document (--json) or its view on stdout."""
+    for line in model.said():
+        log.info(line)
+    if getattr(args, "json", False):
+        emit(model.to_json())
+    else:
+        sys.stdout.write(model.render())
 
 
 def open_target(args: argparse.Namespace, *, writes: bool = False) -> Target:
@@ -84,25 +91,8 @@ def cli_check(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     report = systemfile.check(path, image_env=_local_image_env)
-    problems, warnings = list(report.errors), list(report.warnings)
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "path": str(path),
-                "valid": not problems,
-                "problems": problems,
-                "warnings": warnings,
-            }
-        )
-    else:
-        for problem in problems:
-            print(problem)
-        for warning in warnings:
-            log.warn(warning)
-        if not problems:
-            log.info(f"{path}: valid")
-    return 2 if problems else 0
+    show(args, results.Check(str(path), not report.errors, report.errors, report.warnings))
+    return 2 if report.errors else 0
 
 
 def _root_password(args: argparse.Namespace) -> str | None:
@@ -139,40 +129,30 @@ def cli_install(args: argparse.Namespace) -> int:
             wipe=args.wipe,
             secrets=_secrets_arg(args),
         )
-        log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) to {args.disk}")
-        if args.json:
-            emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
+        show(args, results.Installed(**_outcome_fields(outcome), path=args.disk, disk=True))
         return 0
     path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
     outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
-    log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) into {path}")
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
+    show(args, results.Installed(**_outcome_fields(outcome), path=str(path)))
     return 0
 
 
-def _outcome(args: argparse.Namespace, outcome: Outcome) -> None:
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "checksum": outcome.checksum,
-                "version": outcome.version,
-                "deployed": outcome.deployed,
-                "upToDate": outcome.up_to_date,
-            }
-        )
+def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
+    return {
+        "checksum": outcome.checksum,
+        "version": outcome.version,
+        "deployed": outcome.deployed,
+        "up_to_date": outcome.up_to_date,
+    }
 
 
 def cli_build(args: argparse.Namespace) -> int:
     from arkes import deploy
 
     outcome = deploy.upgrade(open_target(args, writes=True), deploy=False, reuse=False, secrets=_secrets_arg(args))
-    _outcome(args, outcome)
-    if not args.json:
-        print(outcome.checksum)
+    show(args, results.Built(**_outcome_fields(outcome)))
     return 0
 
 
@@ -195,9 +175,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
     )
-    _outcome(args, outcome)
-    if args.download_only and not outcome.up_to_date:
-        log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
+    show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
     if args.reboot and outcome.deployed:
         if not target.booted:
             raise UsageError("--reboot only applies to the booted system")
@@ -212,23 +190,15 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
     from arkes import updates
 
     report = updates.check(open_target(args), packages=not getattr(args, "no_packages", False))
-    if args.json:
-        emit(report.to_json())
-    else:
-        for finding in report.findings:
-            print(finding.line())
-        for error in report.errors:
-            log.logger.error(f"error: {error}")
-        if not report.findings and not report.errors:
-            log.info("no updates")
+    for error in report.errors:
+        log.logger.error(f"error: {error}")
+    show(args, report)
     if report.findings:
         return 0
     return 1 if report.errors else 2
 
 
 def cli_diff(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from arkes import diff
 
     target = open_target(args)
@@ -248,41 +218,14 @@ def cli_diff(args: argparse.Namespace) -> int:
             changes, what = diff.files(sysroot, a, b), "files"
         else:
             changes, what = diff.packages(sysroot, a, b), "packages"
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "kind": what, "changes": [asdict(c) for c in changes]})
-        return 0
-    marks = {"added": "+", "removed": "-", "modified": "M", "changed": "~"}
-    for c in changes:
-        versions = f"  {c.old} -> {c.new}" if what == "packages" and c.kind == "changed" else ""
-        versions = versions or (f"  {c.new or c.old}" if what == "packages" else "")
-        if what == "var":
-            versions = f"  ({c.old})"
-        if what == "etc" and c.old:
-            versions = f"  ({c.old} -> {c.new})"
-        print(f"{marks.get(c.kind, '?')} {c.name}{versions}")
-    if not changes:
-        log.info("no differences")
+    show(args, results.Diff(what, tuple(changes)))
     return 0
 
 
 def cli_du(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from arkes import du
 
-    usage = du.measure(open_target(args).sysroot)
-    if args.json:
-        data = asdict(usage)
-        data["apiVersion"] = status.API_VERSION
-        emit(data)
-        return 0
-    print(f"repository            {_size(usage.repo_bytes):>10}  (objects {_size(usage.objects_bytes)})")
-    for d in usage.deployments:
-        print(f"  deployment {d.index:<2}       {_size(d.own):>10} only its own, {_size(d.shared)} shared")
-    print(f"  shared (counted once) {_size(usage.shared_bytes):>8}")
-    print(f"  no deployment's      {_size(usage.other_bytes):>9}  (builds not deployed, leftovers)")
-    print(f"container storage     {_size(usage.podman_bytes):>10}")
-    print(f"os prune would free   {_size(usage.prune_bytes):>10}  + {_size(usage.prune_image_bytes)} of build images")
+    show(args, du.measure(open_target(args).sysroot))
     return 0
 
 
@@ -322,66 +265,35 @@ def _upgrade(target: Target) -> None:
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    model = status.collect(open_target(args))
-    if args.json:
-        emit(status.to_json(model))
-    else:
-        sys.stdout.write(status.render(model))
+    show(args, status.collect(open_target(args)))
     return 0
 
 
 def cli_revert(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.revert(open_target(args, writes=True).sysroot)
+    show(args, deploy.revert(open_target(args, writes=True).sysroot))
     return 0
 
 
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.rollback(open_target(args, writes=True).sysroot)
+    show(args, deploy.rollback(open_target(args, writes=True).sysroot))
     return 0
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def cli_prune(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    pruned = deploy.prune(open_target(args, writes=True).sysroot, args.keep)
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "removedDeployments": list(pruned.deployments),
-                "prunedObjects": pruned.objects,
-                "freedRepoBytes": pruned.repo_bytes,
-                "removedImages": list(pruned.images),
-                "freedImageBytes": pruned.image_bytes,
-            }
-        )
-    else:
-        log.info(
-            f"removed {len(pruned.deployments)} deployment(s) and {pruned.objects} repository object(s), "
-            f"freeing {_size(pruned.repo_bytes)}; removed {len(pruned.images)} stale build image(s) "
-            f"({_size(pruned.image_bytes)})"
-        )
+    show(args, deploy.prune(open_target(args, writes=True).sysroot, args.keep))
     return 0
 
 
 def cli_pin(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.pin(open_target(args, writes=True).sysroot, args.index, not args.unpin)
-    log.info(f"deployment {args.index} {'unpinned' if args.unpin else 'pinned'}")
+    show(args, deploy.pin(open_target(args, writes=True).sysroot, args.index, not args.unpin))
     return 0
 
 
@@ -391,14 +303,11 @@ def cli_images(args: argparse.Namespace) -> int:
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman
 
-    rows: list[dict[str, Any]] = []
+    rows = []
     for ref in wanted:
         built = images.ensure(ref, force=args.rebuild and ref == wanted[-1])
-        rows.append({"ref": ref, "digest": podman.image_digest(ref), "rebuilt": built.rebuilt})
-        if not args.json:
-            log.info(f"{ref}: {'built' if built.rebuilt else 'up to date'} ({rows[-1]['digest'][:19]})")
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "images": rows})
+        rows.append(results.Image(ref, podman.image_digest(ref), built.rebuilt))
+    show(args, results.Images(tuple(rows)))
     return 0
 
 

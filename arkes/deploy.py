@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import bootloader, build, du, etc, images, log, packages, podman, preflight, run
 from arkes.errors import UsageError
 from arkes.ostree import BUILD_REF, OSTree, Sysroot
+from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
 from arkes.target import SYSTEM_DIR, Target, machine_kargs
 
 ORIGIN_INSTALL_KARGS = "install-kargs"
@@ -57,14 +57,6 @@ def _copy_system_dir(context: Path, systemfile: Path, deployment_dir: Path) -> N
         shutil.copy2(systemfile, target / "Systemfile")
     if kept is not None and not (target / "kargs").exists():
         (target / "kargs").write_bytes(kept)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    checksum: str
-    version: str
-    deployed: bool
-    up_to_date: bool
 
 
 def _deploy(
@@ -270,7 +262,7 @@ def _index(sysroot: Sysroot, index: int) -> int:
     return index
 
 
-def revert(sysroot: Sysroot) -> str:
+def revert(sysroot: Sysroot) -> Reverted:
     """Remove the newest deployment (index 0), after booting the previous one from the boot menu."""
     with sysroot.lock():
         sysroot.reload()
@@ -292,11 +284,10 @@ def revert(sysroot: Sysroot) -> str:
         with log.step("revert"):
             sysroot.write_deployments(others)
             bootloader.write_menu(sysroot)
-        log.info(f"removed deployment 0 (version {version}); the previous deployment is the default again")
-        return str(newest.get_csum())
+        return Reverted(str(newest.get_csum()), version)
 
 
-def rollback(sysroot: Sysroot) -> None:
+def rollback(sysroot: Sysroot) -> RolledBack:
     """Make the previous deployment (index 1) the default for the next boot, keeping both."""
     with sysroot.lock():
         sysroot.reload()
@@ -312,18 +303,7 @@ def rollback(sysroot: Sysroot) -> None:
             said = etc.carry_users(sysroot.deployment_dir(second), machine)
             sysroot.write_deployments([second, first, *rest])
             bootloader.write_menu(sysroot)
-        for line in said:
-            log.info(line)
-        log.info(f"version {sysroot.commit(second.get_csum()).version} is now the default for the next boot")
-
-
-@dataclass(frozen=True)
-class Pruned:
-    deployments: tuple[str, ...]
-    objects: int
-    repo_bytes: int
-    images: tuple[str, ...]
-    image_bytes: int
+        return RolledBack(second.get_csum(), sysroot.commit(second.get_csum()).version, tuple(said))
 
 
 def prune(sysroot: Sysroot, keep: int) -> Pruned:
@@ -357,11 +337,12 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
         return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)
 
 
-def pin(sysroot: Sysroot, index: int, pinned: bool) -> None:
+def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:
     with sysroot.lock():
         sysroot.reload()
         deployment = sysroot.deployments()[_index(sysroot, index)]
         sysroot.set_pinned(deployment, pinned)
+        return Pinned(index, deployment.get_csum(), pinned)
 
 
 def unlock(target: Target, *, hotfix: bool) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 from arkes import build, run, tree
 from arkes.errors import UsageError
-from arkes.etc import Change, overlay
+from arkes.etc import overlay
 from arkes.ostree import Sysroot
+from arkes.results import Change
 from arkes.target import Target
 
 

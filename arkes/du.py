@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import podman
 from arkes.ostree import BUILD_REF, META_INPUT_HASH, OSTree, Sysroot
+from arkes.results import DeploymentUsage, Usage
 
 _SUFFIX = {
     OSTree.ObjectType.FILE: "file",
@@ -21,27 +21,6 @@ _SUFFIX = {
     OSTree.ObjectType.DIR_META: "dirmeta",
     OSTree.ObjectType.COMMIT: "commit",
 }
-
-
-@dataclass(frozen=True)
-class DeploymentUsage:
-    index: int
-    checksum: str
-    own: int  # objects only this deployment's commit reaches, plus its /etc
-    shared: int  # objects it shares with other deployments (counted once in `shared_bytes`)
-
-
-@dataclass(frozen=True)
-class Usage:
-    repo_bytes: int  # the whole repository directory
-    objects_bytes: int  # repository objects
-    shared_bytes: int  # objects reached by more than one deployment
-    other_bytes: int  # objects no deployment reaches (later builds, unreferenced leftovers)
-    deployments: tuple[DeploymentUsage, ...]
-    etc_bytes: int  # every deployment's own /etc, included in their `own`
-    podman_bytes: int  # container storage used by images
-    prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
-    prune_image_bytes: int
 
 
 def allocated(path: Path) -> int:

@@ -11,25 +11,15 @@ from __future__ import annotations
 import filecmp
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import log, run, services, users
 from arkes.errors import ArkesError
 from arkes.ostree import Sysroot
+from arkes.results import Change
 
 # Asks the next boot to run `os etc-merge` (arkes-etc-merge.service's condition); removed when it has run.
 MERGE_PENDING = "arkes/etc-merge-pending"
-
-
-@dataclass(frozen=True)
-class Change:
-    """A path (or package) that differs: added, removed, modified (files) or changed (packages)."""
-
-    kind: str
-    name: str
-    old: str = ""
-    new: str = ""
 
 
 def _describe(path: Path) -> str:

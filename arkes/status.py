@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from arkes import ostree
+from arkes import ostree, results
 from arkes.target import Target
 
-API_VERSION = "arkes/v1"
+API_VERSION = results.API_VERSION
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,17 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(results.Result):
+    KIND: ClassVar[str] = "Status"
     sysroot: str
     deployments: tuple[Deployment, ...]
-    last_check: LastCheck | None = None
+    last_update_check: LastCheck | None = None
+
+    def to_json(self) -> results.JSON:
+        return to_json(self)
+
+    def render(self) -> str:
+        return render(self)
 
 
 def collect(target: Target) -> Status:
@@ -89,15 +96,10 @@ def collect(target: Target) -> Status:
     return Status(str(sysroot.path), tuple(result), last)
 
 
-def to_json(status: Status) -> dict[str, Any]:
-    deployments = []
-    for d in status.deployments:
-        entry = asdict(d)
-        entry["kargs"] = list(d.kargs)
-        deployments.append(entry)
-    data: dict[str, Any] = {"apiVersion": API_VERSION, "sysroot": status.sysroot, "deployments": deployments}
-    if status.last_check is not None:
-        data["lastUpdateCheck"] = asdict(status.last_check)
+def to_json(status: Status) -> results.JSON:
+    data = results.document("Status", status)
+    if status.last_update_check is None:
+        del data["lastUpdateCheck"]
     return data
 
 
@@ -132,8 +134,8 @@ def render(status: Status) -> str:
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
         lines.append("")
-    if status.last_check is not None:
-        c = status.last_check
+    if status.last_update_check is not None:
+        c = status.last_update_check
         found = f"{c.updates} update(s) available" if c.updates else "no updates"
         errors = f", {c.errors} error(s)" if c.errors else ""
         lines.append(f"Last update check: {c.checked_at}: {found}{errors} (`os checkupdates` for details)")

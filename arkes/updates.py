@@ -13,13 +13,13 @@ import datetime
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
 from arkes.ostree import Sysroot
+from arkes.results import Finding, UpdateCheck
 from arkes.target import Target
 
 STATE_FILE = "checkupdates.json"  # in the machine's state directory
@@ -47,40 +47,6 @@ def automatic_policy(system_dir: Path) -> str:
             raise UsageError(f"{path}:{number}: unknown policy {value!r}", hint=f"choose one of: {', '.join(POLICIES)}")
         policy = value
     return policy
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package
-    subject: str
-    old: str
-    new: str
-
-    def line(self) -> str:
-        if self.kind == "package":
-            return f"package {self.subject} {self.old} -> {self.new}"
-        if self.kind == "repository":
-            return f"repository {self.subject}: new release ({self.old} -> {self.new})"
-        if self.kind == "context":
-            return f"context {self.subject}: {self.new}"
-        return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
-
-
-@dataclass(frozen=True)
-class Report:
-    checked_at: str
-    deployment: str
-    findings: tuple[Finding, ...]
-    errors: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": "arkes/v1",
-            "checkedAt": self.checked_at,
-            "deployment": self.deployment,
-            "updates": [asdict(f) | {"line": f.line()} for f in self.findings],
-            "errors": list(self.errors),
-        }
 
 
 def state_path(target: Target) -> Path:
@@ -177,7 +143,7 @@ def _repository_findings(target: Target, metadata: dict[str, Any], errors: list[
     return [Finding("repository", url, recorded[url][:12], state.indexes[url][:12]) for url in state.changed(recorded)]
 
 
-def check(target: Target, *, packages: bool = True) -> Report:
+def check(target: Target, *, packages: bool = True) -> UpdateCheck:
     sysroot = target.sysroot
     default = sysroot.default()
     if default is None:
@@ -190,7 +156,7 @@ def check(target: Target, *, packages: bool = True) -> Report:
         findings += _repository_findings(target, metadata, errors)
         findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
+    report = UpdateCheck(now, default.get_csum(), tuple(findings), tuple(errors))
     try:
         _record(target, report)
     except OSError as e:
@@ -199,7 +165,7 @@ def check(target: Target, *, packages: bool = True) -> Report:
     return report
 
 
-def _record(target: Target, report: Report) -> None:
+def _record(target: Target, report: UpdateCheck) -> None:
     path = state_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -37,9 +37,9 @@ def test_install_deploys_one_default_deployment(system: System) -> None:
     (d,) = system.status()
     assert d["default"] and not d["booted"] and not d["pinned"]
     assert d["version"] == f"{today()}.1"
-    assert d["base_image"] == "localhost/arkes:base"
-    assert d["base_digest"].startswith("sha256:")
-    assert len(d["input_hash"]) == 64
+    assert d["baseImage"] == "localhost/arkes:base"
+    assert d["baseDigest"].startswith("sha256:")
+    assert len(d["inputHash"]) == 64
     assert d["packages"] > 100
     assert "console=ttyS0,115200" in d["kargs"]
 
@@ -92,7 +92,7 @@ def test_upgrade_merges_etc(system: System) -> None:
     new, old = system.status()
     assert new["default"] and old["rollback"]
     assert new["version"] == f"{today()}.2"
-    assert new["input_hash"] != old["input_hash"]
+    assert new["inputHash"] != old["inputHash"]
 
     new_dir, new_etc = system.deployment_dir(0), system.etc(0)
     assert (new_dir / "usr/share/arkes-marker").read_text() == "marker\n"
@@ -163,7 +163,7 @@ def test_prune_keeps_newest_and_pinned(system: System) -> None:
     (only,) = system.status()
     assert only["checksum"] == deployments[0]["checksum"]
     system.fsck()
-    assert build_tags(system) == [f"{only['input_hash'][:16]}-{system_id(system)[:12]}"], (
+    assert build_tags(system) == [f"{only['inputHash'][:16]}-{system_id(system)[:12]}"], (
         "this system's build images that no deployment came from are removed"
     )
 
@@ -197,7 +197,7 @@ def test_prune_and_du_leave_other_systems_images_alone(
     empty.mkdir()
     subprocess.run(["ostree", "admin", "init-fs", "--modern", str(empty)], check=True, capture_output=True)
     du = json.loads(System(empty).os("du", "--json").stdout)
-    assert du["prune_image_bytes"] == 0, "a system that built nothing has no build images to prune"
+    assert du["pruneImageBytes"] == 0, "a system that built nothing has no build images to prune"
     system.os("prune", "--keep", "1")
     assert build_tags(other) == theirs, "pruning one system leaves the other's build images"
     other.os("prune", "--keep", "1")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from arkes import etc as etc_module
-from arkes import updates
+from arkes import results, updates
 
 APT = """\
 Listing...
@@ -27,9 +27,9 @@ def test_parse_upgradable() -> None:
 
 
 def test_finding_lines() -> None:
-    assert updates.Finding("context", "nginx.conf", "", "modified").line() == "context nginx.conf: modified"
-    assert updates.Finding("kargs", "/etc/system/kargs", "", "quiet").line() == "kargs /etc/system/kargs: - -> quiet"
-    line = updates.Finding("base-image", "localhost/arkes:base", "sha256:a", "sha256:b").line()
+    assert results.Finding("context", "nginx.conf", "", "modified").line() == "context nginx.conf: modified"
+    assert results.Finding("kargs", "/etc/system/kargs", "", "quiet").line() == "kargs /etc/system/kargs: - -> quiet"
+    line = results.Finding("base-image", "localhost/arkes:base", "sha256:a", "sha256:b").line()
     assert line == "base-image localhost/arkes:base: sha256:a -> sha256:b"
 
 
