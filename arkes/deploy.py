@@ -10,12 +10,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import bootloader, build, du, etc, images, log, packages, podman, preflight, run
 from arkes.errors import UsageError
-from arkes.ostree import BUILD_REF, OSTree, Sysroot
+from arkes.records import BUILD_REF, Metadata
 from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
 from arkes.target import SYSTEM_DIR, Target, machine_kargs
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 ORIGIN_INSTALL_KARGS = "install-kargs"
 ORIGIN_INPUT_HASH = "input-hash"
@@ -42,7 +46,7 @@ def _install_kargs(sysroot: Sysroot) -> list[str]:
     default = sysroot.default()
     if default is None:
         return []
-    return sysroot.origin(default).get(ORIGIN_INSTALL_KARGS, "").split()
+    return default.origin_value(ORIGIN_INSTALL_KARGS).split()
 
 
 def _copy_system_dir(context: Path, systemfile: Path, deployment_dir: Path) -> None:
@@ -112,6 +116,8 @@ def install(
     `mountpoints` name entries that may already exist (the mounted /boot of a disk, lost+found); `customize`
     changes the new deployment (its /etc) before it becomes bootable.
     """
+    from arkes.ostree import Sysroot
+
     if Sysroot.is_initialized(path):
         raise UsageError(f"{path} already holds a system", hint="use `os upgrade` to update it")
     allowed = {*mountpoints, "lost+found"} if mountpoints else set()
@@ -175,14 +181,14 @@ def upgrade(
         path = target.systemfile()
         p = build.plan(path, target.kargs)
         default = sysroot.default()
-        current = sysroot.commit(default.get_csum()) if default is not None else None
-        recorded = packages.recorded(current.metadata.get(build.META_PACKAGE_INDEXES)) if current else {}
+        current = sysroot.commit(default.checksum) if default is not None else None
+        recorded = dict(current.metadata.package_indexes) if current else {}
         state = package_state(p, recorded, updates=package_updates, cache=target.package_cache)
         moved = state.changed(recorded) if recorded else []
         for url in moved:
             log.info(f"package repository {url} published a new release")
         p = p.with_packages(state)
-        if reuse and current is not None and current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
+        if reuse and current is not None and current.metadata.input_hash == p.input_hash:
             log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         result = _downloaded(sysroot, p) if reuse else None
@@ -204,7 +210,7 @@ def upgrade(
                 preflight.check(sysroot, result.checksum, machine_etc, sysroot.deployment_dir(merge) / "usr/etc")
         etc.check_users(sysroot, result.checksum, machine_etc)
         if default is not None:
-            _name_kept_var(target, default.get_csum(), result.checksum)
+            _name_kept_var(target, default.checksum, result.checksum)
         staged = sysroot.booted is not None
         _deploy(sysroot, result, _install_kargs(sysroot), copy=outside and not staged)
         if outside and staged:
@@ -214,7 +220,7 @@ def upgrade(
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
 
 
-def _name_package_changes(old: Mapping[str, object], new: Mapping[str, object]) -> None:
+def _name_package_changes(old: Metadata, new: Metadata) -> None:
     """Say which packages the new system changes (name, old → new, from two commits' metadata), before anything
     is deployed."""
     from arkes import diff
@@ -249,10 +255,9 @@ def _downloaded(sysroot: Sysroot, p: build.Plan) -> build.Result | None:
     if checksum is None:
         return None
     commit = sysroot.commit(checksum)
-    if commit.metadata.get(build.META_INPUT_HASH) != p.input_hash:
+    if commit.metadata.input_hash != p.input_hash:
         return None
-    kargs = tuple(str(k) for k in commit.metadata.get(build.META_KARGS, []))
-    return build.Result(checksum, commit.version, p, kargs)
+    return build.Result(checksum, commit.version, p, commit.metadata.kargs)
 
 
 def _index(sysroot: Sysroot, index: int) -> int:
@@ -271,20 +276,20 @@ def revert(sysroot: Sysroot) -> Reverted:
             raise UsageError("there is only one deployment; nothing to revert to")
         newest = deployments[0]
         booted = sysroot.booted
-        if booted is not None and booted.equal(newest):
+        if newest.same(booted):
             raise UsageError(
                 "deployment 0 is the running system and cannot be removed",
                 hint="reboot and choose the previous deployment in the boot menu first, or use `os rollback` "
                 "to make the previous deployment the default for the next boot",
             )
-        if newest.is_pinned():
+        if newest.pinned:
             raise UsageError("deployment 0 is pinned", hint="unpin it first with `os pin --unpin 0`")
-        version = sysroot.commit(newest.get_csum()).version
-        others = [d for d in sysroot.all_deployments() if not d.equal(newest)]
+        version = sysroot.commit(newest.checksum).version
+        others = [d for d in sysroot.all_deployments() if not d.same(newest)]
         with log.step("revert"):
             sysroot.write_deployments(others)
             bootloader.write_menu(sysroot)
-        return Reverted(str(newest.get_csum()), version)
+        return Reverted(newest.checksum, version)
 
 
 def rollback(sysroot: Sysroot) -> RolledBack:
@@ -295,15 +300,15 @@ def rollback(sysroot: Sysroot) -> RolledBack:
         if len(deployments) < 2:
             raise UsageError("there is only one deployment; nothing to roll back to")
         first, second = deployments[0], deployments[1]
-        rest = [d for d in sysroot.all_deployments() if not d.equal(first) and not d.equal(second)]
+        rest = [d for d in sysroot.all_deployments() if not d.same(first) and not d.same(second)]
         booted = sysroot.booted
-        machine = Path("/etc") if booted is not None and booted.equal(first) else sysroot.deployment_dir(first) / "etc"
+        machine = Path("/etc") if first.same(booted) else first.root / "etc"
         with log.step("rollback"):
             # The users and groups the machine has now go back with it (OSTree keeps each deployment's /etc apart).
             said = etc.carry_users(sysroot.deployment_dir(second), machine)
             sysroot.write_deployments([second, first, *rest])
             bootloader.write_menu(sysroot)
-        return RolledBack(second.get_csum(), sysroot.commit(second.get_csum()).version, tuple(said))
+        return RolledBack(second.checksum, sysroot.commit(second.checksum).version, tuple(said))
 
 
 def prune(sysroot: Sysroot, keep: int) -> Pruned:
@@ -315,17 +320,15 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
         sysroot.reload()
         deployments = sysroot.deployments()
         booted = sysroot.booted
-        removed = [d for d in deployments[keep:] if not d.is_pinned() and not (booted is not None and booted.equal(d))]
+        removed = [d for d in deployments[keep:] if not d.pinned and not d.same(booted)]
         if removed:
-            kept = [d for d in sysroot.all_deployments() if not any(d.equal(r) for r in removed)]
+            kept = [d for d in sysroot.all_deployments() if not any(d.same(r) for r in removed)]
             with log.step(f"remove {len(removed)} deployment(s)"):
                 sysroot.write_deployments(kept)
                 bootloader.write_menu(sysroot)
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
-        live = {
-            str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, "")) for d in sysroot.deployments()
-        }
+        live = {sysroot.commit(d.checksum).metadata.input_hash for d in sysroot.deployments()}
         stale, _ = du.stale_build_images(sysroot, live)
         image_bytes = 0
         if stale:
@@ -334,7 +337,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
                 podman.untag(stale)
                 podman.prune_dangling()
             image_bytes = max(before - podman.storage_bytes(), 0)
-        return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)
+        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes)
 
 
 def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:
@@ -342,7 +345,7 @@ def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:
         sysroot.reload()
         deployment = sysroot.deployments()[_index(sysroot, index)]
         sysroot.set_pinned(deployment, pinned)
-        return Pinned(index, deployment.get_csum(), pinned)
+        return Pinned(index, deployment.checksum, pinned)
 
 
 def unlock(target: Target, *, hotfix: bool) -> None:
@@ -355,10 +358,8 @@ def unlock(target: Target, *, hotfix: bool) -> None:
             hint="run `os unlock` on the booted Arkēs system (e.g. `os vm IMG --exec 'os unlock'`)",
         )
     # The caller opened the sysroot without a private mount namespace: the overlay must be seen by every process.
-    if booted.get_unlocked() != OSTree.DeploymentUnlockedState.NONE:
-        raise UsageError(
-            f"the running deployment is already unlocked ({booted.unlocked_state_to_string(booted.get_unlocked())})"
-        )
+    if booted.unlocked != "none":
+        raise UsageError(f"the running deployment is already unlocked ({booted.unlocked})")
     with sysroot.lock():
         sysroot.unlock(booted, hotfix)
     if hotfix:

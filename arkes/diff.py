@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from arkes import build, run, tree
+from arkes import run, tree
 from arkes.errors import UsageError
 from arkes.etc import overlay
-from arkes.ostree import Sysroot
+from arkes.records import Deployment, Metadata
 from arkes.results import Change
 from arkes.target import Target
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 
 def default_pair(sysroot: Sysroot) -> tuple[int, int]:
@@ -25,14 +28,14 @@ def default_pair(sysroot: Sysroot) -> tuple[int, int]:
     deployments = sysroot.deployments()
     booted = sysroot.booted
     if booted is not None:
-        index = next(i for i, d in enumerate(deployments) if d.equal(booted))
+        index = next(i for i, d in enumerate(deployments) if d.same(booted))
         return index, 0
     if len(deployments) < 2:
         raise UsageError("there is only one deployment: name two indexes, or upgrade first")
     return 1, 0
 
 
-def _deployment(sysroot: Sysroot, index: int) -> Any:
+def _deployment(sysroot: Sysroot, index: int) -> Deployment:
     deployments = sysroot.deployments()
     if not 0 <= index < len(deployments):
         raise UsageError(f"there is no deployment {index} (see `os status`)")
@@ -40,17 +43,15 @@ def _deployment(sysroot: Sysroot, index: int) -> Any:
 
 
 def packages(sysroot: Sysroot, a: int, b: int) -> list[Change]:
-    def metadata(index: int) -> dict[str, Any]:
-        meta: dict[str, Any] = sysroot.commit(_deployment(sysroot, index).get_csum()).metadata
-        return meta
+    def metadata(index: int) -> Metadata:
+        return sysroot.commit(_deployment(sysroot, index).checksum).metadata
 
     return package_changes(metadata(a), metadata(b))
 
 
-def package_changes(old_metadata: Mapping[str, Any], new_metadata: Mapping[str, Any]) -> list[Change]:
+def package_changes(old_metadata: Metadata, new_metadata: Metadata) -> list[Change]:
     """Packages added, removed or at another version between two commits (from their package lists)."""
-    old = {str(n): str(v) for n, v in old_metadata.get(build.META_PACKAGES, [])}
-    new = {str(n): str(v) for n, v in new_metadata.get(build.META_PACKAGES, [])}
+    old, new = dict(old_metadata.packages), dict(new_metadata.packages)
     changes = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -66,8 +67,8 @@ _KINDS = {"A": "added", "D": "removed", "M": "modified"}
 
 
 def files(sysroot: Sysroot, a: int, b: int) -> list[Change]:
-    old = _deployment(sysroot, a).get_csum()
-    new = _deployment(sysroot, b).get_csum()
+    old = _deployment(sysroot, a).checksum
+    new = _deployment(sysroot, b).checksum
     output = run.run(["ostree", "diff", f"--repo={sysroot.repo_path}", old, new], what="ostree diff").stdout
     changes = []
     for line in output.splitlines():
@@ -88,7 +89,7 @@ def etc(target: Target, index: int | None) -> list[Change]:
         raise UsageError("there is no deployment")
     root = sysroot.deployment_dir(deployment)
     booted = sysroot.booted
-    live = Path("/etc") if target.booted and booted is not None and booted.equal(deployment) else root / "etc"
+    live = Path("/etc") if target.booted and deployment.same(booted) else root / "etc"
     return overlay(live, root / "usr/etc")
 
 

@@ -12,11 +12,14 @@ import filecmp
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import log, run, services, users
 from arkes.errors import ArkesError
-from arkes.ostree import Sysroot
 from arkes.results import Change
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 # Asks the next boot to run `os etc-merge` (arkes-etc-merge.service's condition); removed when it has run.
 MERGE_PENDING = "arkes/etc-merge-pending"

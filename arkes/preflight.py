@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import du, etc
 from arkes.errors import ArkesError
-from arkes.ostree import Gio, Sysroot
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 MIB = 1024 * 1024
 # Directories of the new checkout and the /etc merge's own files need room beyond the copied /etc.
@@ -21,25 +24,9 @@ def _size(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-def _boot_files(sysroot: Sysroot, checksum: str) -> list[tuple[str, int]]:
-    """(content checksum, size) of each kernel and initramfs in a commit."""
-    modules = sysroot.commit_file(checksum, "usr/lib/modules")
-    if modules is None:
-        return []
-    found = []
-    for info in modules.enumerate_children("standard::name", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None):
-        for name in ("vmlinuz", "initramfs.img"):
-            node = modules.get_child(info.get_name()).get_child(name)
-            if node.query_exists(None):
-                node.ensure_resolved()
-                size = node.query_info("standard::size", Gio.FileQueryInfoFlags.NONE, None).get_size()
-                found.append((node.get_checksum(), int(size)))
-    return found
-
-
 def boot_space(sysroot: Sysroot, checksum: str) -> None:
-    new = _boot_files(sysroot, checksum)
-    present = {c for d in sysroot.deployments() for c, _ in _boot_files(sysroot, d.get_csum())}
+    new = sysroot.boot_files(checksum)
+    present = {c for d in sysroot.deployments() for c, _ in sysroot.boot_files(d.checksum)}
     needed = sum(size for c, size in new if c not in present)
     if not needed:
         return

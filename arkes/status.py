@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 from typing import ClassVar
 
-from arkes import ostree, results
+from arkes import results
 from arkes.target import Target
 
 API_VERSION = results.API_VERSION
@@ -60,29 +60,28 @@ def collect(target: Target) -> Status:
     booted = sysroot.booted
     result = []
     for index, d in enumerate(sysroot.deployments()):
-        commit = sysroot.commit(d.get_csum())
+        commit = sysroot.commit(d.checksum)
         meta = commit.metadata
-        unlocked = d.get_unlocked()
         result.append(
             Deployment(
                 index=index,
-                checksum=d.get_csum(),
-                stateroot=d.get_osname(),
-                serial=d.get_deployserial(),
+                checksum=d.checksum,
+                stateroot=d.stateroot,
+                serial=d.serial,
                 version=commit.version,
                 timestamp=datetime.datetime.fromtimestamp(commit.timestamp, datetime.UTC).isoformat(),
-                input_hash=str(meta.get(ostree.META_INPUT_HASH, "")),
-                base_image=str(meta.get(ostree.META_BASE_IMAGE, "")),
-                base_digest=str(meta.get(ostree.META_BASE_DIGEST, "")),
-                systemfile_sha256=str(meta.get(ostree.META_SYSTEMFILE_SHA256, "")),
-                packages=len(meta.get(ostree.META_PACKAGES, [])),
-                kargs=tuple(sysroot.kargs(d)),
-                booted=booted is not None and booted.equal(d),
+                input_hash=meta.input_hash,
+                base_image=meta.base_image,
+                base_digest=meta.base_digest,
+                systemfile_sha256=meta.systemfile_sha256,
+                packages=len(meta.packages),
+                kargs=d.kargs,
+                booted=d.same(booted),
                 default=index == 0,
                 rollback=index == 1,
-                staged=d.is_staged(),
-                pinned=d.is_pinned(),
-                unlocked=d.unlocked_state_to_string(unlocked) if unlocked else "none",
+                staged=d.staged,
+                pinned=d.pinned,
+                unlocked=d.unlocked,
             )
         )
     from arkes import updates  # only here: it brings the whole build pipeline with it

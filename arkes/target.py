@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import tree
 from arkes.errors import ArkesError, UsageError
-from arkes.ostree import STATEROOT, Sysroot
+from arkes.records import STATEROOT
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 BOOTED_MARKER = Path("/run/ostree-booted")
 SYSTEM_DIR = "etc/system"
@@ -62,6 +66,8 @@ class Target:
     def open(cls, path: Path, *, writes: bool = False, systemfile: Path | None = None) -> Target:
         """Open the system at `path`. `writes`: the command changes deployments, so on a booted system libostree
         gets a private mount namespace in which it may make /sysroot writable."""
+        from arkes.ostree import Sysroot
+
         if not Sysroot.is_initialized(path):
             raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
         sysroot = Sysroot.open(path, private_mounts=writes)

@@ -9,6 +9,7 @@ import pytest
 
 from arkes import etc as etc_module
 from arkes import results, updates
+from arkes.records import Metadata
 
 APT = """\
 Listing...
@@ -70,12 +71,12 @@ def test_base_image_findings_local_and_registry(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(podman, "image_digest", lambda ref: "sha256:local")
     monkeypatch.setattr(podman, "registry_digest", lambda ref: "sha256:remote")
     errors: list[str] = []
-    meta = {"arkes.base-image": "quay.io/example/base:1", "arkes.base-digest": "sha256:recorded"}
+    meta = Metadata(base_image="quay.io/example/base:1", base_digest="sha256:recorded")
     findings = updates._base_findings(meta, errors)
     assert [f.line() for f in findings] == [
         "base-image quay.io/example/base:1: sha256:recorded -> sha256:local",
         "registry quay.io/example/base:1: sha256:recorded -> sha256:remote",
     ]
     assert errors == []
-    local = {"arkes.base-image": "localhost/arkes:base", "arkes.base-digest": "sha256:local"}
+    local = Metadata(base_image="localhost/arkes:base", base_digest="sha256:local")
     assert updates._base_findings(local, errors) == [], "a local image has no registry to ask"

@@ -1,0 +1,31 @@
+"""The one place where errors become messages: no GLib error reaches a person as a traceback (needs PyGObject,
+so it is not in the unit layer)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from gi.repository import GLib
+
+from arkes import __main__, cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_unwrapped_glib_error_is_one_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fails(_args: argparse.Namespace) -> int:
+        raise GLib.Error("opening repo: Read-only file system")
+
+    monkeypatch.setattr(cli, "cli_status", fails)
+    assert __main__.main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "error: opening repo: Read-only file system" in err
+    assert "Traceback" not in err
+
+
+def test_other_exceptions_are_not_taken_for_glib_errors() -> None:
+    assert __main__._is_glib_error(GLib.Error("x"))
+    assert not __main__._is_glib_error(ValueError("x"))
