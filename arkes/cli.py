@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -335,59 +337,65 @@ def cli_vm(args: argparse.Namespace) -> int:
     return result.exitcode
 
 
-# --- the parser -------------------------------------------------------------------------------------------
+# --- the verbs, as data ------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--sysroot", metavar="DIR", help="act on the OSTree sysroot in DIR (default: $ARKES_SYSROOT)")
-    p.add_argument("--debug", action="store_true", help="show every external command and tracebacks")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+@dataclass(frozen=True)
+class Option:
+    """One argument of a verb, as argparse's add_argument takes it; options sharing a `group` exclude each other."""
 
-    def verb(name: str, func: Any, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(
-            name,
-            help=help,
-            description=description or help,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.set_defaults(func=func)
-        return sub
+    flags: tuple[str, ...]
+    settings: Mapping[str, Any]
+    group: str = ""
 
-    def json_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    def systemfile_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--systemfile",
-            metavar="FILE",
-            help="the Systemfile to build (its directory is the build context); "
-            "default: the system's /etc/system/Systemfile",
-        )
-        sub.add_argument(
-            "--secret",
-            action="append",
-            metavar="ID=FILE",
-            help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
-            "and not an input of the build: a changed secret alone does not rebuild",
-        )
+def opt(*flags: str, group: str = "", **settings: Any) -> Option:
+    return Option(flags, settings, group)
 
-    sub = verb(
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str = ""  # --help's text; the one-line help when empty
+    options: tuple[Option, ...] = ()
+
+
+JSON_OPTION = opt("--json", action="store_true", help="print the result as JSON on stdout")
+BUILD_OPTIONS = (
+    opt(
+        "--systemfile",
+        metavar="FILE",
+        help="the Systemfile to build (its directory is the build context); "
+        "default: the system's /etc/system/Systemfile",
+    ),
+    opt(
+        "--secret",
+        action="append",
+        metavar="ID=FILE",
+        help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
+        "and not an input of the build: a changed secret alone does not rebuild",
+    ),
+)
+
+VERBS: tuple[Verb, ...] = (
+    Verb(
         "check",
         cli_check,
         "validate a Systemfile without building",
         "Validate a Systemfile without building it. Every problem is printed as PATH:LINE: message;\n"
         "the exit status is 2 when there is one, 0 when the file is valid.",
-    )
-    sub.add_argument(
-        "path", nargs="?", help="the Systemfile (default: the system's /etc/system/Systemfile, else ./Systemfile)"
-    )
-    json_flag(sub)
-
-    sub = verb(
+        (
+            opt(
+                "path",
+                nargs="?",
+                help="the Systemfile (default: the system's /etc/system/Systemfile, else ./Systemfile)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "install",
         cli_install,
         "install a system into an empty sysroot directory",
@@ -397,29 +405,30 @@ def parser() -> argparse.ArgumentParser:
         "With --disk PATH, install to a disk image (created sparse) or a block device instead: GPT with\n"
         "a BIOS boot partition, an EFI system partition, /boot and the root filesystem; GRUB boots it\n"
         "with BIOS and UEFI firmware; the base image is copied in so the system rebuilds itself offline.",
-    )
-    systemfile_flag(sub)
-    sub.add_argument("--disk", metavar="PATH", help="install to this disk image or block device")
-    sub.add_argument("--size", default="10G", help="size of a new disk image (default: 10G)")
-    sub.add_argument("--wipe", action="store_true", help="erase an existing disk image or block device")
-    password = sub.add_mutually_exclusive_group()
-    password.add_argument("--root-password", metavar="PW", help="root's password on the installed system")
-    password.add_argument(
-        "--no-root-password", action="store_true", help="leave root without a password (test images only)"
-    )
-    json_flag(sub)
-
-    sub = verb(
+        (
+            *BUILD_OPTIONS,
+            opt("--disk", metavar="PATH", help="install to this disk image or block device"),
+            opt("--size", default="10G", help="size of a new disk image (default: 10G)"),
+            opt("--wipe", action="store_true", help="erase an existing disk image or block device"),
+            opt("--root-password", group="password", metavar="PW", help="root's password on the installed system"),
+            opt(
+                "--no-root-password",
+                group="password",
+                action="store_true",
+                help="leave root without a password (test images only)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "build",
         cli_build,
         "build and commit the system without deploying it",
         "Build the Systemfile, rewrite and check the tree, and commit it into the system's repository.\n"
         "Deploys nothing; prints the commit checksum.",
-    )
-    systemfile_flag(sub)
-    json_flag(sub)
-
-    sub = verb(
+        (*BUILD_OPTIONS, JSON_OPTION),
+    ),
+    Verb(
         "upgrade",
         cli_upgrade,
         "build the Systemfile and deploy it as the next boot's default",
@@ -429,27 +438,29 @@ def parser() -> argparse.ArgumentParser:
         "the image uses. When a repository publishes new versions, the build brings every installed\n"
         "package up to date and the upgrade names each package that changes before it deploys.\n"
         "Local changes in /etc are carried into the new deployment.",
-    )
-    systemfile_flag(sub)
-    json_flag(sub)
-    sub.add_argument(
-        "--no-package-updates",
-        action="store_true",
-        help="keep the package state of the default deployment: rebuild only what the Systemfile changed",
-    )
-    sub.add_argument(
-        "--automatic",
-        action="store_true",
-        help="what the daily timer runs: check only, or build and stage, as /etc/system/updates.conf says",
-    )
-
-    sub.add_argument("--check", action="store_true", help="only report available updates (as `os checkupdates`)")
-    sub.add_argument(
-        "--download-only", action="store_true", help="build and commit now, deploy nothing; a later upgrade deploys it"
-    )
-    sub.add_argument("--reboot", action="store_true", help="reboot into the new deployment when it is ready")
-
-    sub = verb(
+        (
+            *BUILD_OPTIONS,
+            JSON_OPTION,
+            opt(
+                "--no-package-updates",
+                action="store_true",
+                help="keep the package state of the default deployment: rebuild only what the Systemfile changed",
+            ),
+            opt(
+                "--automatic",
+                action="store_true",
+                help="what the daily timer runs: check only, or build and stage, as /etc/system/updates.conf says",
+            ),
+            opt("--check", action="store_true", help="only report available updates (as `os checkupdates`)"),
+            opt(
+                "--download-only",
+                action="store_true",
+                help="build and commit now, deploy nothing; a later upgrade deploys it",
+            ),
+            opt("--reboot", action="store_true", help="reboot into the new deployment when it is ready"),
+        ),
+    ),
+    Verb(
         "checkupdates",
         cli_checkupdates,
         "report what an upgrade would change, changing nothing",
@@ -458,11 +469,9 @@ def parser() -> argparse.ArgumentParser:
         "digest for images from a registry); package updates for the deployed image, asked of its own\n"
         "package manager in a container. Exit 0 when updates are available, 2 when there are none,\n"
         "1 on error. The result is kept and shown by `os status`.",
-    )
-    json_flag(sub)
-    sub.add_argument("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")
-
-    sub = verb(
+        (JSON_OPTION, opt("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")),
+    ),
+    Verb(
         "diff",
         cli_diff,
         "compare two deployments, or show the local changes in /etc",
@@ -470,50 +479,46 @@ def parser() -> argparse.ArgumentParser:
         "or on a sysroot 1 against 0): --packages (the default) lists added, removed and changed packages\n"
         "with both versions; --files the added, removed and modified paths. --etc lists what this machine\n"
         "changed in /etc (A's, default: the running or default deployment) against the image's /usr/etc.",
-    )
-    sub.add_argument("a", nargs="?", type=int, help="the older deployment's index")
-    sub.add_argument("b", nargs="?", type=int, help="the newer deployment's index")
-    kind = sub.add_mutually_exclusive_group()
-    kind.add_argument("--packages", action="store_true", help="package changes (the default)")
-    kind.add_argument("--files", action="store_true", help="file changes between the two commits")
-    kind.add_argument("--etc", action="store_true", help="local changes in /etc against the image's defaults")
-    kind.add_argument(
-        "--var",
-        action="store_true",
-        help="files the image seeds into /var that the machine has its own copy of (the machine's is kept)",
-    )
-    json_flag(sub)
-
-    sub = verb("du", cli_du, "show where the disk space goes, and what `os prune` would free")
-    json_flag(sub)
-
-    sub = verb(
+        (
+            opt("a", nargs="?", type=int, help="the older deployment's index"),
+            opt("b", nargs="?", type=int, help="the newer deployment's index"),
+            opt("--packages", group="what", action="store_true", help="package changes (the default)"),
+            opt("--files", group="what", action="store_true", help="file changes between the two commits"),
+            opt("--etc", group="what", action="store_true", help="local changes in /etc against the image's defaults"),
+            opt(
+                "--var",
+                group="what",
+                action="store_true",
+                help="files the image seeds into /var that the machine has its own copy of (the machine's is kept)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb("du", cli_du, "show where the disk space goes, and what `os prune` would free", options=(JSON_OPTION,)),
+    Verb(
         "unlock",
         cli_unlock,
         "make /usr writable until the next reboot (or, with --hotfix, for this deployment)",
         "Mount a writable overlay on /usr of the running system. It vanishes at the next reboot; with\n"
         "--hotfix it persists for this deployment only (a new deployment starts clean). Booted systems only.",
-    )
-    sub.add_argument("--hotfix", action="store_true", help="keep the changes across reboots of this deployment")
-
-    verb(
+        (opt("--hotfix", action="store_true", help="keep the changes across reboots of this deployment"),),
+    ),
+    Verb(
         "edit",
         cli_edit,
         "edit the Systemfile, check it, and offer to upgrade",
         "Open $EDITOR on /etc/system/Systemfile. After saving, the checks of `os check` run; on errors\n"
         "they are shown and you may edit again. When the file is valid and changed, `os upgrade` is\n"
         "offered. Nothing is written if you leave without saving.",
-    )
-
-    verb(
+    ),
+    Verb(
         "boot-menu",
         cli_boot_menu,
         "regenerate the boot menu from the deployments",
         "Write /boot/grub/grub.cfg again from the deployments (atomically). Every change of the\n"
         "deployments does this itself; the system also runs it at shutdown after a staged upgrade.",
-    )
-
-    verb(
+    ),
+    Verb(
         "etc-merge",
         cli_etc_merge,
         "finish a new deployment's /etc: users and groups merged, dangling unit links removed",
@@ -521,35 +526,41 @@ def parser() -> argparse.ArgumentParser:
         "docs/users.md describes, and remove links to units the image no longer ships. `os upgrade`\n"
         "does this itself on a sysroot; on a running system the upgrade is staged, and the first boot\n"
         "of the new deployment runs this (arkes-etc-merge.service). Changes nothing when done already.",
-    )
-
-    sub = verb("status", cli_status, "show the deployments, in boot order")
-    json_flag(sub)
-
-    verb(
+    ),
+    Verb("status", cli_status, "show the deployments, in boot order", options=(JSON_OPTION,)),
+    Verb(
         "revert",
         cli_revert,
         "remove the newest deployment (index 0)",
         "Remove the newest deployment. Boot the previous deployment from the boot menu first:\n"
         "the running system is never removed.",
-    )
-    verb("rollback", cli_rollback, "make the previous deployment the default for the next boot, keeping both")
-
-    sub = verb(
+        (JSON_OPTION,),
+    ),
+    Verb(
+        "rollback",
+        cli_rollback,
+        "make the previous deployment the default for the next boot, keeping both",
+        options=(JSON_OPTION,),
+    ),
+    Verb(
         "prune",
         cli_prune,
         "remove old deployments, unreferenced objects and stale build images",
         "Remove deployments beyond the newest N (never the booted or a pinned one), then repository\n"
         "objects nothing references and build images no remaining deployment came from.",
-    )
-    sub.add_argument("--keep", type=int, default=2, metavar="N", help="deployments to keep (default: 2)")
-    json_flag(sub)
-
-    sub = verb("pin", cli_pin, "keep a deployment from being pruned (or --unpin it)")
-    sub.add_argument("index", type=int, help="the deployment's index in `os status`")
-    sub.add_argument("--unpin", action="store_true", help="remove the pin")
-
-    sub = verb(
+        (opt("--keep", type=int, default=2, metavar="N", help="deployments to keep (default: 2)"), JSON_OPTION),
+    ),
+    Verb(
+        "pin",
+        cli_pin,
+        "keep a deployment from being pruned (or --unpin it)",
+        options=(
+            opt("index", type=int, help="the deployment's index in `os status`"),
+            opt("--unpin", action="store_true", help="remove the pin"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "vm",
         cli_vm,
         "boot a disk image in QEMU: the console, or a command run in the guest",
@@ -557,28 +568,52 @@ def parser() -> argparse.ArgumentParser:
         "TCG otherwise). Without --exec, the serial console is attached to this terminal: log in as root,\n"
         "leave with Ctrl-A then X. With --exec, wait until the guest reaches multi-user, run CMD as root\n"
         "with a shell, print its output, power the guest off and exit with CMD's exit status.",
-    )
-    sub.add_argument("path", help="the disk image")
-    sub.add_argument("--exec", metavar="CMD", help="run CMD in the guest, then power it off")
-    sub.add_argument("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu")
-    sub.add_argument("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS")
-    sub.add_argument("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)")
-    sub.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)")
-    sub.add_argument(
-        "--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"
-    )
-    sub.add_argument(
-        "--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"
-    )
-
-    sub = verb(
+        (
+            opt("path", help="the disk image"),
+            opt("--exec", metavar="CMD", help="run CMD in the guest, then power it off"),
+            opt("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu"),
+            opt("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS"),
+            opt("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)"),
+            opt("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)"),
+            opt("--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"),
+            opt("--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"),
+        ),
+    ),
+    Verb(
         "images",
         cli_images,
         "build the distribution's images (rootfs, base) when missing or stale",
         "Build localhost/arkes:rootfs (from Debian packages) and localhost/arkes:base when they are\n"
         "missing or their inputs changed. Downloaded packages are cached in $ARKES_CACHE/debs.",
+        (
+            opt("which", nargs="?", choices=("all", "rootfs", "base"), default="all"),
+            opt("--rebuild", action="store_true", help="rebuild even when the inputs did not change"),
+            JSON_OPTION,
+        ),
+    ),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub.add_argument("which", nargs="?", choices=("all", "rootfs", "base"), default="all")
-    sub.add_argument("--rebuild", action="store_true", help="rebuild even when the inputs did not change")
-    json_flag(sub)
+    p.add_argument("--sysroot", metavar="DIR", help="act on the OSTree sysroot in DIR (default: $ARKES_SYSROOT)")
+    p.add_argument("--debug", action="store_true", help="show every external command and tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        sub = subparsers.add_parser(
+            verb.name,
+            help=verb.help,
+            description=verb.description or verb.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(func=verb.run)
+        groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+        for option in verb.options:
+            where: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup = sub
+            if option.group:
+                where = groups.get(option.group) or groups.setdefault(option.group, sub.add_mutually_exclusive_group())
+            where.add_argument(*option.flags, **option.settings)
     return p

@@ -55,8 +55,15 @@ class System:
         return self.path / "ostree/repo"
 
     def refs(self) -> list[str]:
+        """Each ref with the commit it points at."""
         out = subprocess.run(["ostree", "refs", f"--repo={self.repo}"], capture_output=True, text=True, check=True)
-        return sorted(out.stdout.split())
+        names = sorted(out.stdout.split())
+        if not names:
+            return []
+        parsed = subprocess.run(
+            ["ostree", "rev-parse", f"--repo={self.repo}", *names], capture_output=True, text=True, check=True
+        )
+        return [f"{name} {checksum}" for name, checksum in zip(names, parsed.stdout.split(), strict=True)]
 
     def fsck(self) -> None:
         result = subprocess.run(["ostree", "fsck", f"--repo={self.repo}"], capture_output=True, text=True, check=False)

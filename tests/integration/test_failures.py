@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,11 +97,11 @@ def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
 
 
 def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
-    """Start `os upgrade` in its own process group and return once it has started `step`."""
-    proc = os_reaching(system, ["upgrade"], lambda line: line.startswith((f"{step}...", f"{step}: ")))
+    """Start `os upgrade` in its own process group and return once it is inside `step`: for the commit, once
+    its progress says that files are written."""
     if step == "commit":
-        time.sleep(2)  # well inside the commit, which writes for several seconds
-    return proc
+        return os_reaching(system, ["upgrade"], lambda line: line.startswith("commit: ") and "files" in line)
+    return os_reaching(system, ["upgrade"], lambda line: line.startswith((f"{step}...", f"{step}: ")))
 
 
 @pytest.mark.parametrize("moment", ["build", "commit", "deploy"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,13 +63,11 @@ def test_install_refuses_a_sysroot_that_holds_a_system(system: System) -> None:
 
 
 def test_noop_upgrade_builds_nothing(system: System) -> None:
+    # How fast it is, `make bench` measures; here: that it does nothing.
     before = system.snapshot()
-    start = time.monotonic()
     result = system.os("upgrade")
-    elapsed = time.monotonic() - start
     assert "up to date" in result.stderr
     assert "build" not in result.stderr.replace("up to date", "")
-    assert elapsed < 2.0, f"a no-op upgrade took {elapsed:.2f}s"
     assert system.snapshot() == before
 
 
