@@ -1,5 +1,7 @@
-"""The life of a system, in order: install → upgrade with an /etc merge → no-op → build → rollback → revert →
-prune → pin. One sysroot for the module; each test continues from the state the previous one left."""
+"""The life of a system: install → upgrade with an /etc merge → no-op → build → rollback → revert → prune → pin.
+
+Each test gets a sysroot of its own, copied from one installed once (`fresh`) or from that one after its first
+upgrade (`upgraded`), so that any test runs alone and in any order."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, installed
+from tests.integration.conftest import System, build_tags, copied, discard, installed
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +26,47 @@ V1 = """
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
-    yield installed(tmp_path_factory, "lifecycle", V1, **{"hello.txt": "hello from the context\n"})
+def installed_once(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> System:
+    return installed(tmp_path_factory, "lifecycle", V1, **{"hello.txt": "hello from the context\n"})
+
+
+def local_changes_and_v2(system: System) -> None:
+    """What the first upgrade brings: local changes in /etc, and a Systemfile with new defaults and a /usr marker."""
+    etc = system.etc()
+    # Local changes: an edited default and an added file.
+    (etc / "arkes-test/edited.conf").write_text("local\n")
+    (etc / "arkes-test/added.conf").write_text("added\n")
+    # The person changes the declared system: new defaults in /etc and a marker under /usr.
+    systemfile = etc / "system/Systemfile"
+    text = systemfile.read_text()
+    text = text.replace("'v1\\n' > /etc/arkes-test/defaults.conf", "'v2\\n' > /etc/arkes-test/defaults.conf")
+    text = text.replace("'v1\\n' > /etc/arkes-test/edited.conf", "'v2\\n' > /etc/arkes-test/edited.conf")
+    text = text.replace("RUN post_build", "RUN echo marker > /usr/share/arkes-marker\nRUN post_build")
+    systemfile.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def upgraded_once(installed_once: System, tmp_path_factory: pytest.TempPathFactory) -> System:
+    system = copied(installed_once, tmp_path_factory.mktemp("upgraded") / "sysroot")
+    local_changes_and_v2(system)
+    system.os("upgrade")
+    return system
+
+
+@pytest.fixture
+def system(installed_once: System, tmp_path: Path) -> Iterator[System]:
+    """A system as `os install` left it."""
+    copy = copied(installed_once, tmp_path / "sysroot")
+    yield copy
+    discard(copy)
+
+
+@pytest.fixture
+def upgraded(upgraded_once: System, tmp_path: Path) -> Iterator[System]:
+    """A system after its first upgrade: two deployments, the newer one the default."""
+    copy = copied(upgraded_once, tmp_path / "sysroot")
+    yield copy
+    discard(copy)
 
 
 def today() -> str:
@@ -72,18 +113,7 @@ def test_noop_upgrade_builds_nothing(system: System) -> None:
 
 
 def test_upgrade_merges_etc(system: System) -> None:
-    etc = system.etc()
-    # Local changes: an edited default and an added file.
-    (etc / "arkes-test/edited.conf").write_text("local\n")
-    (etc / "arkes-test/added.conf").write_text("added\n")
-    # The person changes the declared system: new defaults in /etc and a marker under /usr.
-    systemfile = etc / "system/Systemfile"
-    text = systemfile.read_text()
-    text = text.replace("'v1\\n' > /etc/arkes-test/defaults.conf", "'v2\\n' > /etc/arkes-test/defaults.conf")
-    text = text.replace("'v1\\n' > /etc/arkes-test/edited.conf", "'v2\\n' > /etc/arkes-test/edited.conf")
-    text = text.replace("RUN post_build", "RUN echo marker > /usr/share/arkes-marker\nRUN post_build")
-    systemfile.write_text(text)
-
+    local_changes_and_v2(system)
     result = system.os("upgrade", "--json")
     assert '"deployed": true' in result.stdout
     new, old = system.status()
@@ -101,10 +131,10 @@ def test_upgrade_merges_etc(system: System) -> None:
     system.fsck()
 
 
-def test_second_upgrade_is_a_noop(system: System) -> None:
-    result = system.os("upgrade")
+def test_second_upgrade_is_a_noop(upgraded: System) -> None:
+    result = upgraded.os("upgrade")
     assert "up to date" in result.stderr
-    assert len(system.status()) == 2
+    assert len(upgraded.status()) == 2
 
 
 def test_build_commits_without_deploying(system: System) -> None:
@@ -120,23 +150,23 @@ def test_build_commits_without_deploying(system: System) -> None:
     assert rev.stdout.strip() == checksum
 
 
-def test_rollback_swaps_the_default(system: System) -> None:
-    first, second = (d["checksum"] for d in system.status())
-    system.os("rollback")
-    assert [d["checksum"] for d in system.status()] == [second, first]
-    system.os("rollback")
-    assert [d["checksum"] for d in system.status()] == [first, second]
+def test_rollback_swaps_the_default(upgraded: System) -> None:
+    first, second = (d["checksum"] for d in upgraded.status())
+    upgraded.os("rollback")
+    assert [d["checksum"] for d in upgraded.status()] == [second, first]
+    upgraded.os("rollback")
+    assert [d["checksum"] for d in upgraded.status()] == [first, second]
 
 
-def test_revert_removes_the_newest(system: System) -> None:
-    _newest, previous = system.status()
-    result = system.os("revert")
+def test_revert_removes_the_newest(upgraded: System) -> None:
+    _newest, previous = upgraded.status()
+    result = upgraded.os("revert")
     assert "removed deployment 0" in result.stderr
-    (only,) = system.status()
+    (only,) = upgraded.status()
     assert only["checksum"] == previous["checksum"] and only["default"]
-    again = system.os("revert", check=False)
+    again = upgraded.os("revert", check=False)
     assert again.returncode == 2 and "only one deployment" in again.stderr
-    system.fsck()
+    upgraded.fsck()
 
 
 def test_prune_keeps_newest_and_pinned(system: System) -> None:
@@ -160,7 +190,7 @@ def test_prune_keeps_newest_and_pinned(system: System) -> None:
     (only,) = system.status()
     assert only["checksum"] == deployments[0]["checksum"]
     system.fsck()
-    assert build_tags(system) == [f"{only['inputHash'][:16]}-{system_id(system)[:12]}"], (
+    assert build_tags(system) == [f"localhost/arkes-build:{only['inputHash'][:16]}-{system_id(system)[:12]}"], (
         "this system's build images that no deployment came from are removed"
     )
 
@@ -169,17 +199,6 @@ def system_id(system: System) -> str:
     config = (system.repo / "config").read_text()
     (line,) = [line for line in config.splitlines() if line.startswith("system-id=")]
     return line.split("=", 1)[1].strip()
-
-
-def build_tags(system: System | None = None) -> list[str]:
-    """Tags of build images in the host's storage: this system's, or every system's."""
-    tags = subprocess.run(
-        ["podman", "images", "--format", "{{.Tag}}", "--filter", "reference=localhost/arkes-build"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return sorted(t for t in tags if system is None or t.endswith("-" + system_id(system)[:12]))
 
 
 def test_prune_and_du_leave_other_systems_images_alone(
