@@ -131,7 +131,7 @@ class Sysroot:
         sysroot._sysroot.ensure_initialized(None)
         sysroot._sysroot.load(None)
         sysroot._sysroot.init_osname(STATEROOT, None)
-        repo = sysroot.repo
+        repo = sysroot._repo
         config = repo.copy_config()
         # Boot menus are written by arkes itself from the boot loader entries (see DESIGN: Debian's GRUB has no
         # blscfg and OSTree's GRUB backend would run grub-mkconfig inside the deployment).
@@ -157,7 +157,7 @@ class Sysroot:
         """This system's own id, kept in its repository's config: what its build images are tagged with, so that
         sysroots sharing one container storage never count or remove each other's images. "" when there is none
         yet and `create` is false."""
-        config = self.repo.copy_config()
+        config = self._repo.copy_config()
         try:
             return str(config.get_string(ORIGIN_GROUP, "system-id"))
         except GLib.Error:
@@ -166,7 +166,7 @@ class Sysroot:
         value = uuid.uuid4().hex
         config.set_string(ORIGIN_GROUP, "system-id", value)
         try:
-            self.repo.write_config(config)
+            self._repo.write_config(config)
         except GLib.Error as e:
             raise _error("recording the system id", e) from e
         return value
@@ -176,7 +176,7 @@ class Sysroot:
         self._sysroot.load(None)
 
     @property
-    def repo(self) -> OSTree.Repo:
+    def _repo(self) -> OSTree.Repo:
         return self._sysroot.repo()
 
     @property
@@ -283,7 +283,7 @@ class Sysroot:
 
     @_wrap("reading a commit")
     def commit(self, checksum: str) -> Commit:
-        _, variant, _ = self.repo.load_commit(checksum)
+        _, variant, _ = self._repo.load_commit(checksum)
         return Commit(
             checksum=checksum,
             timestamp=int(OSTree.commit_get_timestamp(variant)),
@@ -293,7 +293,7 @@ class Sysroot:
 
     @_wrap("resolving a ref")
     def resolve(self, ref: str) -> str | None:
-        _, checksum = self.repo.resolve_rev(ref, True)
+        _, checksum = self._repo.resolve_rev(ref, True)
         return checksum if checksum else None
 
     @_wrap("committing the tree")
@@ -311,7 +311,7 @@ class Sysroot:
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
         staging leftovers that the next transaction or prune removes.
         """
-        repo = self.repo
+        repo = self._repo
         count = [0]
 
         def commit_filter(_repo: Any, _path: str, _info: Any, *_user: Any) -> OSTree.RepoCommitFilterResult:
@@ -391,7 +391,7 @@ class Sysroot:
         root = self._commit_roots.get(checksum)
         if root is None:
             # A commit never changes: its root is read once, however many of its files are asked for.
-            _, root, _ = self.repo.read_commit(checksum, None)
+            _, root, _ = self._repo.read_commit(checksum, None)
             self._commit_roots[checksum] = root
         node = root.resolve_relative_path(path.lstrip("/"))
         return node if node.query_exists(None) else None
@@ -415,7 +415,7 @@ class Sysroot:
     @_wrap("walking a commit")
     def reachable_objects(self, checksum: str) -> set[tuple[str, str]]:
         """(checksum, kind) of every object a commit reaches; kind is the object file's suffix (file, dirtree, ...)."""
-        _, reachable = self.repo.traverse_commit(checksum, 0, None)
+        _, reachable = self._repo.traverse_commit(checksum, 0, None)
         objects = set()
         for key in reachable:
             csum, objtype = key.unpack() if hasattr(key, "unpack") else key
@@ -468,7 +468,7 @@ class Sysroot:
         # prepare_cleanup removes undeployed directories and rewrites the ostree/N/M/I refs that hold every
         # deployment's commit, so a refs-only prune keeps exactly the deployments and our own refs.
         self._sysroot.prepare_cleanup(None)
-        result = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        result = self._repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
         _, _total, pruned, freed = result
         log.debug(f"pruned {pruned} objects, {freed} bytes")
         return int(pruned), int(freed)
