@@ -154,6 +154,15 @@ def _settle_packages(p: Plan, root: Path) -> Plan:
     return p.with_packages(packages.State(indexes, fetched.unreachable))
 
 
+def commit_entries(root: Path) -> int:
+    """How many times the commit's filter is called for `root`: once per file and link, twice per directory (its
+    entry, then its metadata), once for the root itself."""
+    total = 1
+    for path, dirs, files in os.walk(root):
+        total += len(files) + sum(1 if os.path.islink(os.path.join(path, d)) else 2 for d in dirs)
+    return total
+
+
 def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
     """YYYYMMDD.N: N counts the commits made today, over every deployment and the last build."""
     day = (today or datetime.datetime.now(datetime.UTC).date()).strftime("%Y%m%d")
@@ -236,7 +245,7 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             package_indexes=tuple(sorted(p.package_state.indexes.items())),
             kernel=kernels[-1].version if kernels else "",
         )
-        total = sum(len(files) + len(dirs) for _, dirs, files in os.walk(root))
+        total = commit_entries(root)
         with log.step("commit") as progress:
             checksum = sysroot.write_commit(
                 root,
