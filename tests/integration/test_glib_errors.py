@@ -16,10 +16,10 @@ pytestmark = pytest.mark.integration
 def test_an_unwrapped_glib_error_is_one_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def fails(_args: argparse.Namespace) -> int:
+    def fails(_args: argparse.Namespace, *, writes: bool = False) -> object:
         raise GLib.Error("opening repo: Read-only file system")
 
-    monkeypatch.setattr(cli, "cli_status", fails)
+    monkeypatch.setattr(cli, "open_target", fails)
     assert __main__.main(["status"]) == 1
     err = capsys.readouterr().err
     assert "error: opening repo: Read-only file system" in err
