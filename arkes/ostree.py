@@ -85,7 +85,12 @@ def _error(what: str, e: GLib.Error) -> ArkesError:
             f"{what}: not enough disk space ({e.message})",
             hint="free some space (`os prune` removes old deployments and build images) and try again",
         )
-    return ArkesError(f"{what}: {e.message}")
+    if "Read-only file system" in e.message or "Permission denied" in e.message:
+        return ArkesError(
+            f"{what}: {e.message}",
+            hint="this command changes the sysroot: it must be writable, and `os` run as root",
+        )
+    return ArkesError(f"{what}: {e.message}", hint="`os --debug` shows where libostree failed")
 
 
 def _wrap(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:

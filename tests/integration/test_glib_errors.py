@@ -29,3 +29,19 @@ def test_an_unwrapped_glib_error_is_one_message(
 def test_other_exceptions_are_not_taken_for_glib_errors() -> None:
     assert __main__._is_glib_error(GLib.Error("x"))
     assert not __main__._is_glib_error(ValueError("x"))
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ("opening file: No space left on device", "os prune"),
+        ("mkdir: Read-only file system", "must be writable"),
+        ("opening repo: Permission denied", "run as root"),
+        ("Couldn't find file object 'ab'", "--debug"),
+    ],
+)
+def test_every_libostree_error_gets_a_hint(message: str, hint: str) -> None:
+    from arkes import ostree
+
+    error = ostree._error("deploying", GLib.Error(message))
+    assert str(error).startswith("deploying: ") and error.hint is not None and hint in error.hint
