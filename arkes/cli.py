@@ -69,20 +69,8 @@ def _secrets_arg(args: argparse.Namespace) -> dict[str, Path]:
 # --- verbs ----------------------------------------------------------------------------------------------------
 
 
-def _local_image_env(ref: str) -> dict[str, str] | None:
-    """What a base image in local storage sets; None when it is not there (or the storage cannot say)."""
-    from arkes import podman
-    from arkes.errors import ArkesError
-
-    try:
-        image = podman.image_info(ref)
-    except ArkesError:
-        return None
-    return podman.image_env(image) if image is not None else None
-
-
 def cli_check(args: argparse.Namespace) -> int:
-    from arkes import systemfile
+    from arkes import podman, systemfile
 
     if args.path:
         path = Path(args.path)
@@ -92,7 +80,7 @@ def cli_check(args: argparse.Namespace) -> int:
         path = Path("Systemfile")  # a Systemfile being written in the current directory
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    report = systemfile.check(path, image_env=_local_image_env)
+    report = systemfile.check(path, image_env=podman.local_image_env)
     show(args, results.Check(str(path), not report.errors, report.errors, report.warnings))
     return 2 if report.errors else 0
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from arkes import log, run
-from arkes.errors import CommandError
+from arkes.errors import ArkesError, CommandError
 
 # Build images are named after their input hash so that a rebuild of known inputs is found again.
 BUILD_REPO = "localhost/arkes-build"
@@ -91,6 +91,15 @@ def image_env(image: dict[str, object]) -> dict[str, str]:
     config = image.get("Config")
     env = config.get("Env") if isinstance(config, dict) else None
     return dict(str(each).partition("=")[::2] for each in env or [])
+
+
+def local_image_env(ref: str) -> dict[str, str] | None:
+    """What an image in local storage sets (its Env); None when it is not there, or the storage cannot say."""
+    try:
+        image = image_info(ref)
+    except ArkesError:
+        return None
+    return image_env(image) if image is not None else None
 
 
 def import_tarball(tarball: Path, ref: str, changes: list[str]) -> None:
