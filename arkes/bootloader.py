@@ -14,10 +14,13 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import log, run
 from arkes.errors import CommandError, ToolMissingError
-from arkes.ostree import Sysroot
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 MENU = Path("grub/grub.cfg")
 GRUB_LIB = Path("/usr/lib/grub")
@@ -77,19 +80,19 @@ def render_menu(entries: list[MenuEntry], timeout: int = TIMEOUT) -> str:
 def entries(sysroot: Sysroot) -> list[MenuEntry]:
     result = []
     for index, deployment in enumerate(sysroot.deployments()):
-        bootconfig = deployment.get_bootconfig()
+        boot = deployment.boot
         # A staged deployment has no kernel in /boot until OSTree finalizes it at shutdown; the menu is written
         # again then (arkes-boot-menu.service).
-        if bootconfig is None or deployment.is_staged():
+        if boot is None or deployment.staged:
             continue
-        commit = sysroot.commit(deployment.get_csum())
-        base = str(commit.metadata.get("arkes.base-image", "")) or "unknown base"
+        commit = sysroot.commit(deployment.checksum)
+        base = commit.metadata.base_image or "unknown base"
         result.append(
             MenuEntry(
                 title=f"Arkēs {index}: {commit.version} ({base})",
-                linux=bootconfig.get("linux"),
-                initrd=bootconfig.get("initrd"),
-                options=bootconfig.get("options") or "",
+                linux=boot.linux,
+                initrd=boot.initrd,
+                options=boot.options,
             )
         )
     return result

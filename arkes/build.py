@@ -20,26 +20,12 @@ from typing import TYPE_CHECKING
 
 from arkes import __version__, builder, images, lint, log, packages, podman, tree
 from arkes.errors import UsageError
-from arkes.ostree import BUILD_REF, Sysroot
-from arkes.ostree import META_BASE_DIGEST as META_BASE_DIGEST
-from arkes.ostree import META_BASE_IMAGE as META_BASE_IMAGE
-from arkes.ostree import META_CONTEXT as META_CONTEXT
-
-# Commit metadata keys live with the commit reader (see docs/status.md).
-from arkes.ostree import META_INPUT_HASH as META_INPUT_HASH
-from arkes.ostree import META_KARGS as META_KARGS
-from arkes.ostree import META_MACHINE_KARGS as META_MACHINE_KARGS
-from arkes.ostree import META_PACKAGE_INDEXES as META_PACKAGE_INDEXES
-from arkes.ostree import META_PACKAGE_STATE as META_PACKAGE_STATE
-from arkes.ostree import META_PACKAGES as META_PACKAGES
-from arkes.ostree import META_SYSTEMFILE_SHA256 as META_SYSTEMFILE_SHA256
-from arkes.ostree import META_TOOL_VERSION as META_TOOL_VERSION
+from arkes.records import BUILD_REF, Metadata
 
 if TYPE_CHECKING:
     # The grammar is loaded only by what parses a Systemfile, so that `os status` does not pay for it.
     from arkes import systemfile
-
-META_VERSION = "version"
+    from arkes.ostree import Sysroot
 
 
 @dataclass(frozen=True)
@@ -168,10 +154,19 @@ def _settle_packages(p: Plan, root: Path) -> Plan:
     return p.with_packages(packages.State(indexes, fetched.unreachable))
 
 
+def commit_entries(root: Path) -> int:
+    """How many times the commit's filter is called for `root`: once per file and link, twice per directory (its
+    entry, then its metadata), once for the root itself."""
+    total = 1
+    for path, dirs, files in os.walk(root):
+        total += len(files) + sum(1 if os.path.islink(os.path.join(path, d)) else 2 for d in dirs)
+    return total
+
+
 def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
     """YYYYMMDD.N: N counts the commits made today, over every deployment and the last build."""
     day = (today or datetime.datetime.now(datetime.UTC).date()).strftime("%Y%m%d")
-    checksums = {d.get_csum() for d in sysroot.all_deployments()}
+    checksums = {d.checksum for d in sysroot.all_deployments()}
     built = sysroot.resolve(BUILD_REF)
     if built:
         checksums.add(built)
@@ -235,24 +230,22 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
         packages = tree.packages(root)
         image_kargs = tree.image_kargs(root)
         kernels = tree.kernels(root)
-        metadata: dict[str, object] = {
-            META_VERSION: version,
-            META_INPUT_HASH: p.input_hash,
-            META_BASE_IMAGE: p.base_image,
-            META_BASE_DIGEST: p.base_digest,
-            META_SYSTEMFILE_SHA256: labels["org.arkes.systemfile-sha256"],
-            META_PACKAGES: packages,
-            META_KARGS: image_kargs,
-            META_TOOL_VERSION: __version__,
-            META_CONTEXT: list(p.manifest),
-            META_MACHINE_KARGS: list(p.kargs),
-            META_PACKAGE_STATE: p.package_state.digest,
-            META_PACKAGE_INDEXES: sorted(p.package_state.indexes.items()),
-            "ostree.bootable": True,
-        }
-        if kernels:
-            metadata["ostree.linux"] = kernels[-1].version
-        total = sum(len(files) + len(dirs) for _, dirs, files in os.walk(root))
+        metadata = Metadata(
+            version=version,
+            input_hash=p.input_hash,
+            base_image=p.base_image,
+            base_digest=p.base_digest,
+            systemfile_sha256=labels["org.arkes.systemfile-sha256"],
+            packages=tuple(packages),
+            kargs=tuple(image_kargs),
+            tool_version=__version__,
+            context=tuple(p.manifest),
+            machine_kargs=tuple(p.kargs),
+            package_state=p.package_state.digest,
+            package_indexes=tuple(sorted(p.package_state.indexes.items())),
+            kernel=kernels[-1].version if kernels else "",
+        )
+        total = commit_entries(root)
         with log.step("commit") as progress:
             checksum = sysroot.write_commit(
                 root,

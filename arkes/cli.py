@@ -6,15 +6,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from arkes import __version__, log, status
+from arkes import __version__, log, results, status
 from arkes.errors import UsageError
-from arkes.ostree import Sysroot
-
-if TYPE_CHECKING:
-    from arkes.deploy import Outcome
+from arkes.target import Target, given_path, is_booted_root
 
 DESCRIPTION = """\
 Arkēs: the whole system is declared in one Containerfile, the Systemfile (/etc/system/Systemfile).
@@ -34,27 +33,19 @@ def emit(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def target_path(args: argparse.Namespace) -> Path:
-    given = args.sysroot or os.environ.get("ARKES_SYSROOT")
-    if given:
-        return Path(given).absolute()
-    if Path("/run/ostree-booted").exists():
-        return Path("/")
-    raise UsageError(
-        "this machine is not a booted Arkēs system; `os` will not touch its root filesystem",
-        hint="act on a sysroot directory with `os --sysroot DIR ...` (or ARKES_SYSROOT=DIR), "
-        "e.g. `os --sysroot /tmp/sys install`",
-    )
+def show(args: argparse.Namespace, model: results.Result) -> None:
+    """A command's result: what people are told on stderr, then its document (--json) or its view on stdout."""
+    for line in model.said():
+        log.info(line)
+    if getattr(args, "json", False):
+        emit(model.to_json())
+    else:
+        sys.stdout.write(model.render())
 
 
-def open_target(args: argparse.Namespace, *, writes: bool = False) -> Sysroot:
-    """The sysroot to act on. `writes`: the command changes deployments, so on a booted system libostree gets a
-    private mount namespace in which it may make /sysroot writable."""
-    path = target_path(args)
-    if not Sysroot.is_initialized(path):
-        raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
-    sysroot: Sysroot = Sysroot.open(path, private_mounts=writes)
-    return sysroot
+def open_target(args: argparse.Namespace, *, writes: bool = False) -> Target:
+    """The system the command acts on, resolved once (see arkes.target). `writes`: it changes deployments."""
+    return Target.open(given_path(args.sysroot), writes=writes, systemfile=_systemfile_arg(args))
 
 
 def _systemfile_arg(args: argparse.Namespace) -> Path | None:
@@ -78,49 +69,20 @@ def _secrets_arg(args: argparse.Namespace) -> dict[str, Path]:
 # --- verbs ----------------------------------------------------------------------------------------------------
 
 
-def _local_image_env(ref: str) -> dict[str, str] | None:
-    """What a base image in local storage sets; None when it is not there (or the storage cannot say)."""
-    from arkes import podman
-    from arkes.errors import ArkesError
-
-    try:
-        image = podman.image_info(ref)
-    except ArkesError:
-        return None
-    return podman.image_env(image) if image is not None else None
-
-
 def cli_check(args: argparse.Namespace) -> int:
-    from arkes import deploy, systemfile
+    from arkes import podman, systemfile
 
     if args.path:
         path = Path(args.path)
     elif args.sysroot or os.environ.get("ARKES_SYSROOT") or Path("/run/ostree-booted").exists():
-        path = deploy.resolve_systemfile(open_target(args), None)
+        path = open_target(args).systemfile()
     else:
         path = Path("Systemfile")  # a Systemfile being written in the current directory
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    report = systemfile.check(path, image_env=_local_image_env)
-    problems, warnings = list(report.errors), list(report.warnings)
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "path": str(path),
-                "valid": not problems,
-                "problems": problems,
-                "warnings": warnings,
-            }
-        )
-    else:
-        for problem in problems:
-            print(problem)
-        for warning in warnings:
-            log.warn(warning)
-        if not problems:
-            log.info(f"{path}: valid")
-    return 2 if problems else 0
+    report = systemfile.check(path, image_env=podman.local_image_env)
+    show(args, results.Check(str(path), not report.errors, report.errors, report.warnings))
+    return 2 if report.errors else 0
 
 
 def _root_password(args: argparse.Namespace) -> str | None:
@@ -157,42 +119,30 @@ def cli_install(args: argparse.Namespace) -> int:
             wipe=args.wipe,
             secrets=_secrets_arg(args),
         )
-        log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) to {args.disk}")
-        if args.json:
-            emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
+        show(args, results.Installed(**_outcome_fields(outcome), path=args.disk, disk=True))
         return 0
-    path = target_path(args)
+    path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
     outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
-    log.info(f"installed version {outcome.version} ({outcome.checksum[:12]}) into {path}")
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "checksum": outcome.checksum, "version": outcome.version})
+    show(args, results.Installed(**_outcome_fields(outcome), path=str(path)))
     return 0
 
 
-def _outcome(args: argparse.Namespace, outcome: Outcome) -> None:
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "checksum": outcome.checksum,
-                "version": outcome.version,
-                "deployed": outcome.deployed,
-                "upToDate": outcome.up_to_date,
-            }
-        )
+def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
+    return {
+        "checksum": outcome.checksum,
+        "version": outcome.version,
+        "deployed": outcome.deployed,
+        "up_to_date": outcome.up_to_date,
+    }
 
 
 def cli_build(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    outcome = deploy.upgrade(
-        open_target(args, writes=True), _systemfile_arg(args), deploy=False, reuse=False, secrets=_secrets_arg(args)
-    )
-    _outcome(args, outcome)
-    if not args.json:
-        print(outcome.checksum)
+    outcome = deploy.upgrade(open_target(args, writes=True), deploy=False, reuse=False, secrets=_secrets_arg(args))
+    show(args, results.Built(**_outcome_fields(outcome)))
     return 0
 
 
@@ -204,23 +154,20 @@ def cli_upgrade(args: argparse.Namespace) -> int:
     if args.automatic:
         from arkes import updates
 
-        policy = updates.automatic_policy(deploy.system_etc(open_target(args)) / "system")
+        policy = updates.automatic_policy(open_target(args).system_dir)
         log.info(f"automatic updates: {policy} ({updates.POLICIES[policy]})")
         if policy == "check":
             return cli_checkupdates(args)
-    sysroot = open_target(args, writes=True)
+    target = open_target(args, writes=True)
     outcome = deploy.upgrade(
-        sysroot,
-        _systemfile_arg(args),
+        target,
         deploy=not args.download_only,
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
     )
-    _outcome(args, outcome)
-    if args.download_only and not outcome.up_to_date:
-        log.info(f"built version {outcome.version}; `os upgrade` deploys it without building again")
+    show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
     if args.reboot and outcome.deployed:
-        if not deploy.is_booted_root(sysroot.path):
+        if not target.booted:
             raise UsageError("--reboot only applies to the booted system")
         log.info("rebooting into the new deployment")
         from arkes import run
@@ -233,31 +180,24 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
     from arkes import updates
 
     report = updates.check(open_target(args), packages=not getattr(args, "no_packages", False))
-    if args.json:
-        emit(report.to_json())
-    else:
-        for finding in report.findings:
-            print(finding.line())
-        for error in report.errors:
-            log.logger.error(f"error: {error}")
-        if not report.findings and not report.errors:
-            log.info("no updates")
+    for error in report.errors:
+        log.logger.error(f"error: {error}")
+    show(args, report)
     if report.findings:
         return 0
     return 1 if report.errors else 2
 
 
 def cli_diff(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from arkes import diff
 
-    sysroot = open_target(args)
+    target = open_target(args)
+    sysroot = target.sysroot
     if args.etc:
-        changes = diff.etc(sysroot, args.a)
+        changes = diff.etc(target, args.a)
         what = "etc"
     elif args.var:
-        changes = diff.var(sysroot, args.a)
+        changes = diff.var(target, args.a)
         what = "var"
     else:
         if args.a is None:
@@ -268,41 +208,14 @@ def cli_diff(args: argparse.Namespace) -> int:
             changes, what = diff.files(sysroot, a, b), "files"
         else:
             changes, what = diff.packages(sysroot, a, b), "packages"
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "kind": what, "changes": [asdict(c) for c in changes]})
-        return 0
-    marks = {"added": "+", "removed": "-", "modified": "M", "changed": "~"}
-    for c in changes:
-        versions = f"  {c.old} -> {c.new}" if what == "packages" and c.kind == "changed" else ""
-        versions = versions or (f"  {c.new or c.old}" if what == "packages" else "")
-        if what == "var":
-            versions = f"  ({c.old})"
-        if what == "etc" and c.old:
-            versions = f"  ({c.old} -> {c.new})"
-        print(f"{marks.get(c.kind, '?')} {c.name}{versions}")
-    if not changes:
-        log.info("no differences")
+    show(args, results.Diff(what, tuple(changes)))
     return 0
 
 
 def cli_du(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from arkes import du
 
-    usage = du.measure(open_target(args))
-    if args.json:
-        data = asdict(usage)
-        data["apiVersion"] = status.API_VERSION
-        emit(data)
-        return 0
-    print(f"repository            {_size(usage.repo_bytes):>10}  (objects {_size(usage.objects_bytes)})")
-    for d in usage.deployments:
-        print(f"  deployment {d.index:<2}       {_size(d.own):>10} only its own, {_size(d.shared)} shared")
-    print(f"  shared (counted once) {_size(usage.shared_bytes):>8}")
-    print(f"  no deployment's      {_size(usage.other_bytes):>9}  (builds not deployed, leftovers)")
-    print(f"container storage     {_size(usage.podman_bytes):>10}")
-    print(f"os prune would free   {_size(usage.prune_bytes):>10}  + {_size(usage.prune_image_bytes)} of build images")
+    show(args, du.measure(open_target(args).sysroot))
     return 0
 
 
@@ -316,92 +229,61 @@ def cli_unlock(args: argparse.Namespace) -> int:
 def cli_boot_menu(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.boot_menu(open_target(args))
+    deploy.boot_menu(open_target(args).sysroot)
     return 0
 
 
 def cli_etc_merge(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import etc
 
-    if not deploy.is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
+    if not is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
         raise UsageError("`os etc-merge` finishes the running system's /etc", hint="it runs at boot by itself")
-    deploy.finish(Path("/etc"), Path("/usr/etc"))
+    etc.finish(Path("/etc"), Path("/usr/etc"))
     return 0
 
 
 def cli_edit(args: argparse.Namespace) -> int:
     from arkes import edit
 
-    return edit.edit(open_target(args, writes=True), lambda sysroot: _upgrade(sysroot))
+    return edit.edit(open_target(args, writes=True), _upgrade)
 
 
-def _upgrade(sysroot: Sysroot) -> None:
+def _upgrade(target: Target) -> None:
     from arkes import deploy
 
-    deploy.upgrade(sysroot, None, deploy=True)
+    deploy.upgrade(target, deploy=True)
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    model = status.collect(open_target(args))
-    if args.json:
-        emit(status.to_json(model))
-    else:
-        sys.stdout.write(status.render(model))
+    show(args, status.collect(open_target(args)))
     return 0
 
 
 def cli_revert(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.revert(open_target(args, writes=True))
+    show(args, deploy.revert(open_target(args, writes=True).sysroot))
     return 0
 
 
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.rollback(open_target(args, writes=True))
+    show(args, deploy.rollback(open_target(args, writes=True).sysroot))
     return 0
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def cli_prune(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    pruned = deploy.prune(open_target(args, writes=True), args.keep)
-    if args.json:
-        emit(
-            {
-                "apiVersion": status.API_VERSION,
-                "removedDeployments": list(pruned.deployments),
-                "prunedObjects": pruned.objects,
-                "freedRepoBytes": pruned.repo_bytes,
-                "removedImages": list(pruned.images),
-                "freedImageBytes": pruned.image_bytes,
-            }
-        )
-    else:
-        log.info(
-            f"removed {len(pruned.deployments)} deployment(s) and {pruned.objects} repository object(s), "
-            f"freeing {_size(pruned.repo_bytes)}; removed {len(pruned.images)} stale build image(s) "
-            f"({_size(pruned.image_bytes)})"
-        )
+    show(args, deploy.prune(open_target(args, writes=True).sysroot, args.keep))
     return 0
 
 
 def cli_pin(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.pin(open_target(args, writes=True), args.index, not args.unpin)
-    log.info(f"deployment {args.index} {'unpinned' if args.unpin else 'pinned'}")
+    show(args, deploy.pin(open_target(args, writes=True).sysroot, args.index, not args.unpin))
     return 0
 
 
@@ -411,14 +293,11 @@ def cli_images(args: argparse.Namespace) -> int:
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman
 
-    rows: list[dict[str, Any]] = []
+    rows = []
     for ref in wanted:
         built = images.ensure(ref, force=args.rebuild and ref == wanted[-1])
-        rows.append({"ref": ref, "digest": podman.image_digest(ref), "rebuilt": built.rebuilt})
-        if not args.json:
-            log.info(f"{ref}: {'built' if built.rebuilt else 'up to date'} ({rows[-1]['digest'][:19]})")
-    if args.json:
-        emit({"apiVersion": status.API_VERSION, "images": rows})
+        rows.append(results.Image(ref, podman.image_digest(ref), built.rebuilt))
+    show(args, results.Images(tuple(rows)))
     return 0
 
 
@@ -446,59 +325,65 @@ def cli_vm(args: argparse.Namespace) -> int:
     return result.exitcode
 
 
-# --- the parser -------------------------------------------------------------------------------------------
+# --- the verbs, as data ------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--sysroot", metavar="DIR", help="act on the OSTree sysroot in DIR (default: $ARKES_SYSROOT)")
-    p.add_argument("--debug", action="store_true", help="show every external command and tracebacks")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+@dataclass(frozen=True)
+class Option:
+    """One argument of a verb, as argparse's add_argument takes it; options sharing a `group` exclude each other."""
 
-    def verb(name: str, func: Any, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(
-            name,
-            help=help,
-            description=description or help,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.set_defaults(func=func)
-        return sub
+    flags: tuple[str, ...]
+    settings: Mapping[str, Any]
+    group: str = ""
 
-    def json_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    def systemfile_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--systemfile",
-            metavar="FILE",
-            help="the Systemfile to build (its directory is the build context); "
-            "default: the system's /etc/system/Systemfile",
-        )
-        sub.add_argument(
-            "--secret",
-            action="append",
-            metavar="ID=FILE",
-            help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
-            "and not an input of the build: a changed secret alone does not rebuild",
-        )
+def opt(*flags: str, group: str = "", **settings: Any) -> Option:
+    return Option(flags, settings, group)
 
-    sub = verb(
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str = ""  # --help's text; the one-line help when empty
+    options: tuple[Option, ...] = ()
+
+
+JSON_OPTION = opt("--json", action="store_true", help="print the result as JSON on stdout")
+BUILD_OPTIONS = (
+    opt(
+        "--systemfile",
+        metavar="FILE",
+        help="the Systemfile to build (its directory is the build context); "
+        "default: the system's /etc/system/Systemfile",
+    ),
+    opt(
+        "--secret",
+        action="append",
+        metavar="ID=FILE",
+        help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
+        "and not an input of the build: a changed secret alone does not rebuild",
+    ),
+)
+
+VERBS: tuple[Verb, ...] = (
+    Verb(
         "check",
         cli_check,
         "validate a Systemfile without building",
         "Validate a Systemfile without building it. Every problem is printed as PATH:LINE: message;\n"
         "the exit status is 2 when there is one, 0 when the file is valid.",
-    )
-    sub.add_argument(
-        "path", nargs="?", help="the Systemfile (default: the system's /etc/system/Systemfile, else ./Systemfile)"
-    )
-    json_flag(sub)
-
-    sub = verb(
+        (
+            opt(
+                "path",
+                nargs="?",
+                help="the Systemfile (default: the system's /etc/system/Systemfile, else ./Systemfile)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "install",
         cli_install,
         "install a system into an empty sysroot directory",
@@ -508,29 +393,30 @@ def parser() -> argparse.ArgumentParser:
         "With --disk PATH, install to a disk image (created sparse) or a block device instead: GPT with\n"
         "a BIOS boot partition, an EFI system partition, /boot and the root filesystem; GRUB boots it\n"
         "with BIOS and UEFI firmware; the base image is copied in so the system rebuilds itself offline.",
-    )
-    systemfile_flag(sub)
-    sub.add_argument("--disk", metavar="PATH", help="install to this disk image or block device")
-    sub.add_argument("--size", default="10G", help="size of a new disk image (default: 10G)")
-    sub.add_argument("--wipe", action="store_true", help="erase an existing disk image or block device")
-    password = sub.add_mutually_exclusive_group()
-    password.add_argument("--root-password", metavar="PW", help="root's password on the installed system")
-    password.add_argument(
-        "--no-root-password", action="store_true", help="leave root without a password (test images only)"
-    )
-    json_flag(sub)
-
-    sub = verb(
+        (
+            *BUILD_OPTIONS,
+            opt("--disk", metavar="PATH", help="install to this disk image or block device"),
+            opt("--size", default="10G", help="size of a new disk image (default: 10G)"),
+            opt("--wipe", action="store_true", help="erase an existing disk image or block device"),
+            opt("--root-password", group="password", metavar="PW", help="root's password on the installed system"),
+            opt(
+                "--no-root-password",
+                group="password",
+                action="store_true",
+                help="leave root without a password (test images only)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "build",
         cli_build,
         "build and commit the system without deploying it",
         "Build the Systemfile, rewrite and check the tree, and commit it into the system's repository.\n"
         "Deploys nothing; prints the commit checksum.",
-    )
-    systemfile_flag(sub)
-    json_flag(sub)
-
-    sub = verb(
+        (*BUILD_OPTIONS, JSON_OPTION),
+    ),
+    Verb(
         "upgrade",
         cli_upgrade,
         "build the Systemfile and deploy it as the next boot's default",
@@ -540,27 +426,29 @@ def parser() -> argparse.ArgumentParser:
         "the image uses. When a repository publishes new versions, the build brings every installed\n"
         "package up to date and the upgrade names each package that changes before it deploys.\n"
         "Local changes in /etc are carried into the new deployment.",
-    )
-    systemfile_flag(sub)
-    json_flag(sub)
-    sub.add_argument(
-        "--no-package-updates",
-        action="store_true",
-        help="keep the package state of the default deployment: rebuild only what the Systemfile changed",
-    )
-    sub.add_argument(
-        "--automatic",
-        action="store_true",
-        help="what the daily timer runs: check only, or build and stage, as /etc/system/updates.conf says",
-    )
-
-    sub.add_argument("--check", action="store_true", help="only report available updates (as `os checkupdates`)")
-    sub.add_argument(
-        "--download-only", action="store_true", help="build and commit now, deploy nothing; a later upgrade deploys it"
-    )
-    sub.add_argument("--reboot", action="store_true", help="reboot into the new deployment when it is ready")
-
-    sub = verb(
+        (
+            *BUILD_OPTIONS,
+            JSON_OPTION,
+            opt(
+                "--no-package-updates",
+                action="store_true",
+                help="keep the package state of the default deployment: rebuild only what the Systemfile changed",
+            ),
+            opt(
+                "--automatic",
+                action="store_true",
+                help="what the daily timer runs: check only, or build and stage, as /etc/system/updates.conf says",
+            ),
+            opt("--check", action="store_true", help="only report available updates (as `os checkupdates`)"),
+            opt(
+                "--download-only",
+                action="store_true",
+                help="build and commit now, deploy nothing; a later upgrade deploys it",
+            ),
+            opt("--reboot", action="store_true", help="reboot into the new deployment when it is ready"),
+        ),
+    ),
+    Verb(
         "checkupdates",
         cli_checkupdates,
         "report what an upgrade would change, changing nothing",
@@ -569,11 +457,9 @@ def parser() -> argparse.ArgumentParser:
         "digest for images from a registry); package updates for the deployed image, asked of its own\n"
         "package manager in a container. Exit 0 when updates are available, 2 when there are none,\n"
         "1 on error. The result is kept and shown by `os status`.",
-    )
-    json_flag(sub)
-    sub.add_argument("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")
-
-    sub = verb(
+        (JSON_OPTION, opt("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")),
+    ),
+    Verb(
         "diff",
         cli_diff,
         "compare two deployments, or show the local changes in /etc",
@@ -581,50 +467,46 @@ def parser() -> argparse.ArgumentParser:
         "or on a sysroot 1 against 0): --packages (the default) lists added, removed and changed packages\n"
         "with both versions; --files the added, removed and modified paths. --etc lists what this machine\n"
         "changed in /etc (A's, default: the running or default deployment) against the image's /usr/etc.",
-    )
-    sub.add_argument("a", nargs="?", type=int, help="the older deployment's index")
-    sub.add_argument("b", nargs="?", type=int, help="the newer deployment's index")
-    kind = sub.add_mutually_exclusive_group()
-    kind.add_argument("--packages", action="store_true", help="package changes (the default)")
-    kind.add_argument("--files", action="store_true", help="file changes between the two commits")
-    kind.add_argument("--etc", action="store_true", help="local changes in /etc against the image's defaults")
-    kind.add_argument(
-        "--var",
-        action="store_true",
-        help="files the image seeds into /var that the machine has its own copy of (the machine's is kept)",
-    )
-    json_flag(sub)
-
-    sub = verb("du", cli_du, "show where the disk space goes, and what `os prune` would free")
-    json_flag(sub)
-
-    sub = verb(
+        (
+            opt("a", nargs="?", type=int, help="the older deployment's index"),
+            opt("b", nargs="?", type=int, help="the newer deployment's index"),
+            opt("--packages", group="what", action="store_true", help="package changes (the default)"),
+            opt("--files", group="what", action="store_true", help="file changes between the two commits"),
+            opt("--etc", group="what", action="store_true", help="local changes in /etc against the image's defaults"),
+            opt(
+                "--var",
+                group="what",
+                action="store_true",
+                help="files the image seeds into /var that the machine has its own copy of (the machine's is kept)",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb("du", cli_du, "show where the disk space goes, and what `os prune` would free", options=(JSON_OPTION,)),
+    Verb(
         "unlock",
         cli_unlock,
         "make /usr writable until the next reboot (or, with --hotfix, for this deployment)",
         "Mount a writable overlay on /usr of the running system. It vanishes at the next reboot; with\n"
         "--hotfix it persists for this deployment only (a new deployment starts clean). Booted systems only.",
-    )
-    sub.add_argument("--hotfix", action="store_true", help="keep the changes across reboots of this deployment")
-
-    verb(
+        (opt("--hotfix", action="store_true", help="keep the changes across reboots of this deployment"),),
+    ),
+    Verb(
         "edit",
         cli_edit,
         "edit the Systemfile, check it, and offer to upgrade",
         "Open $EDITOR on /etc/system/Systemfile. After saving, the checks of `os check` run; on errors\n"
         "they are shown and you may edit again. When the file is valid and changed, `os upgrade` is\n"
         "offered. Nothing is written if you leave without saving.",
-    )
-
-    verb(
+    ),
+    Verb(
         "boot-menu",
         cli_boot_menu,
         "regenerate the boot menu from the deployments",
         "Write /boot/grub/grub.cfg again from the deployments (atomically). Every change of the\n"
         "deployments does this itself; the system also runs it at shutdown after a staged upgrade.",
-    )
-
-    verb(
+    ),
+    Verb(
         "etc-merge",
         cli_etc_merge,
         "finish a new deployment's /etc: users and groups merged, dangling unit links removed",
@@ -632,35 +514,41 @@ def parser() -> argparse.ArgumentParser:
         "docs/users.md describes, and remove links to units the image no longer ships. `os upgrade`\n"
         "does this itself on a sysroot; on a running system the upgrade is staged, and the first boot\n"
         "of the new deployment runs this (arkes-etc-merge.service). Changes nothing when done already.",
-    )
-
-    sub = verb("status", cli_status, "show the deployments, in boot order")
-    json_flag(sub)
-
-    verb(
+    ),
+    Verb("status", cli_status, "show the deployments, in boot order", options=(JSON_OPTION,)),
+    Verb(
         "revert",
         cli_revert,
         "remove the newest deployment (index 0)",
         "Remove the newest deployment. Boot the previous deployment from the boot menu first:\n"
         "the running system is never removed.",
-    )
-    verb("rollback", cli_rollback, "make the previous deployment the default for the next boot, keeping both")
-
-    sub = verb(
+        (JSON_OPTION,),
+    ),
+    Verb(
+        "rollback",
+        cli_rollback,
+        "make the previous deployment the default for the next boot, keeping both",
+        options=(JSON_OPTION,),
+    ),
+    Verb(
         "prune",
         cli_prune,
         "remove old deployments, unreferenced objects and stale build images",
         "Remove deployments beyond the newest N (never the booted or a pinned one), then repository\n"
         "objects nothing references and build images no remaining deployment came from.",
-    )
-    sub.add_argument("--keep", type=int, default=2, metavar="N", help="deployments to keep (default: 2)")
-    json_flag(sub)
-
-    sub = verb("pin", cli_pin, "keep a deployment from being pruned (or --unpin it)")
-    sub.add_argument("index", type=int, help="the deployment's index in `os status`")
-    sub.add_argument("--unpin", action="store_true", help="remove the pin")
-
-    sub = verb(
+        (opt("--keep", type=int, default=2, metavar="N", help="deployments to keep (default: 2)"), JSON_OPTION),
+    ),
+    Verb(
+        "pin",
+        cli_pin,
+        "keep a deployment from being pruned (or --unpin it)",
+        options=(
+            opt("index", type=int, help="the deployment's index in `os status`"),
+            opt("--unpin", action="store_true", help="remove the pin"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
         "vm",
         cli_vm,
         "boot a disk image in QEMU: the console, or a command run in the guest",
@@ -668,28 +556,52 @@ def parser() -> argparse.ArgumentParser:
         "TCG otherwise). Without --exec, the serial console is attached to this terminal: log in as root,\n"
         "leave with Ctrl-A then X. With --exec, wait until the guest reaches multi-user, run CMD as root\n"
         "with a shell, print its output, power the guest off and exit with CMD's exit status.",
-    )
-    sub.add_argument("path", help="the disk image")
-    sub.add_argument("--exec", metavar="CMD", help="run CMD in the guest, then power it off")
-    sub.add_argument("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu")
-    sub.add_argument("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS")
-    sub.add_argument("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)")
-    sub.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)")
-    sub.add_argument(
-        "--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"
-    )
-    sub.add_argument(
-        "--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"
-    )
-
-    sub = verb(
+        (
+            opt("path", help="the disk image"),
+            opt("--exec", metavar="CMD", help="run CMD in the guest, then power it off"),
+            opt("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu"),
+            opt("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS"),
+            opt("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)"),
+            opt("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)"),
+            opt("--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"),
+            opt("--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"),
+        ),
+    ),
+    Verb(
         "images",
         cli_images,
         "build the distribution's images (rootfs, base) when missing or stale",
         "Build localhost/arkes:rootfs (from Debian packages) and localhost/arkes:base when they are\n"
         "missing or their inputs changed. Downloaded packages are cached in $ARKES_CACHE/debs.",
+        (
+            opt("which", nargs="?", choices=("all", "rootfs", "base"), default="all"),
+            opt("--rebuild", action="store_true", help="rebuild even when the inputs did not change"),
+            JSON_OPTION,
+        ),
+    ),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub.add_argument("which", nargs="?", choices=("all", "rootfs", "base"), default="all")
-    sub.add_argument("--rebuild", action="store_true", help="rebuild even when the inputs did not change")
-    json_flag(sub)
+    p.add_argument("--sysroot", metavar="DIR", help="act on the OSTree sysroot in DIR (default: $ARKES_SYSROOT)")
+    p.add_argument("--debug", action="store_true", help="show every external command and tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        sub = subparsers.add_parser(
+            verb.name,
+            help=verb.help,
+            description=verb.description or verb.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(func=verb.run)
+        groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+        for option in verb.options:
+            where: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup = sub
+            if option.group:
+                where = groups.get(option.group) or groups.setdefault(option.group, sub.add_mutually_exclusive_group())
+            where.add_argument(*option.flags, **option.settings)
     return p

@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arkes import bootloader, build, du, images, log, packages, podman, preflight, run, services, tree, users
-from arkes.errors import ArkesError, UsageError
-from arkes.ostree import BUILD_REF, STATEROOT, OSTree, Sysroot
+from arkes import bootloader, build, du, etc, images, log, packages, podman, preflight, run
+from arkes.errors import UsageError
+from arkes.records import BUILD_REF, Metadata
+from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
+from arkes.target import SYSTEM_DIR, Target, machine_kargs
 
-SYSTEM_DIR = "etc/system"
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
+
 ORIGIN_INSTALL_KARGS = "install-kargs"
 ORIGIN_INPUT_HASH = "input-hash"
-PACKAGE_CACHE = "lib/arkes/package-indexes.json"
-
-
-def is_booted_root(path: Path) -> bool:
-    return path == Path("/") and Path("/run/ostree-booted").exists()
-
-
-def system_etc(sysroot: Sysroot) -> Path:
-    """The /etc that holds the machine's Systemfile: the running one, or the default deployment's."""
-    if is_booted_root(sysroot.path):
-        return Path("/etc")
-    default = sysroot.default()
-    if default is None:
-        raise ArkesError(f"{sysroot.path} has no deployment", hint="install a system with `os --sysroot DIR install`")
-    return sysroot.deployment_dir(default) / "etc"
-
-
-def system_var(sysroot: Sysroot) -> Path:
-    """The machine's /var: the running one, or the stateroot's of a sysroot."""
-    return Path("/var") if is_booted_root(sysroot.path) else sysroot.path / "ostree/deploy" / STATEROOT / "var"
 
 
 def package_state(
@@ -58,17 +42,11 @@ def package_state(
     return packages.State(state.indexes | kept, state.unreachable)
 
 
-def machine_kargs(system_dir: Path) -> list[str]:
-    """The machine's own kernel arguments: /etc/system/kargs, one or more per line, `#` comments."""
-    path = system_dir / "kargs"
-    return tree.read_kargs(path.read_text()) if path.is_file() else []
-
-
 def _install_kargs(sysroot: Sysroot) -> list[str]:
     default = sysroot.default()
     if default is None:
         return []
-    return sysroot.origin(default).get(ORIGIN_INSTALL_KARGS, "").split()
+    return default.origin_value(ORIGIN_INSTALL_KARGS).split()
 
 
 def _copy_system_dir(context: Path, systemfile: Path, deployment_dir: Path) -> None:
@@ -83,14 +61,6 @@ def _copy_system_dir(context: Path, systemfile: Path, deployment_dir: Path) -> N
         shutil.copy2(systemfile, target / "Systemfile")
     if kept is not None and not (target / "kargs").exists():
         (target / "kargs").write_bytes(kept)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    checksum: str
-    version: str
-    deployed: bool
-    up_to_date: bool
 
 
 def _deploy(
@@ -116,66 +86,13 @@ def _deploy(
             customize(deployment_dir)
         if staged:
             return  # OSTree merges a staged deployment's /etc at shutdown: arkes-etc-merge.service finishes it
-        finish(deployment_dir / "etc", deployment_dir / "usr/etc")
+        etc.finish(deployment_dir / "etc", deployment_dir / "usr/etc")
 
     with log.step("deploy"):
         sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
         if staged:
-            # Written into the running /etc, which OSTree carries into the new deployment's at shutdown: the first
-            # boot of that deployment finishes it (and a boot without a staged upgrade does not start Python).
-            pending = Path("/etc") / MERGE_PENDING
-            pending.parent.mkdir(parents=True, exist_ok=True)
-            pending.write_text(f"{result.checksum}\n")
+            etc.mark_pending(Path("/etc"), result.checksum)
         bootloader.write_menu(sysroot)
-
-
-# Asks the next boot to run `os etc-merge` (arkes-etc-merge.service's condition); removed when it has run.
-MERGE_PENDING = "arkes/etc-merge-pending"
-
-
-def finish(etc: Path, usr_etc: Path, *, quiet: bool = False) -> None:
-    """What a new deployment's /etc needs beyond OSTree's merge: the users and groups merged (arkes.users), and no
-    link left to a unit the image no longer ships. Run on deploy, or on the first boot of a staged deployment."""
-    if not users.in_step(etc, usr_etc):
-        merged = users.apply(etc, usr_etc)
-        if not quiet:
-            for line in users.log_lines(merged):
-                log.info(line)
-    for link in services.remove_dangling(etc.parent):
-        log.info(f"removed {link}: the new image no longer ships its unit")
-    (etc / MERGE_PENDING).unlink(missing_ok=True)
-
-
-def _users_preflight(sysroot: Sysroot, checksum: str, etc: Path) -> None:
-    """Say what the merge of users and groups will do, and refuse when the image's /usr holds files of a user or
-    group that must take another id on this machine."""
-    from arkes import diff
-
-    read = diff.commit_reader(sysroot, checksum)
-    theirs = {kind: data.decode() for kind in users.FILES if (data := read(f"usr/etc/{kind}")) is not None}
-    merged = users.plan(etc, theirs)
-    for line in users.log_lines(merged):
-        log.info(line)
-
-    def owners() -> list[tuple[str, int, int]]:
-        listing = run.run(["ostree", "ls", "-R", f"--repo={sysroot.repo_path}", checksum, "/usr"], what="ostree ls")
-        found = []
-        for line in listing.stdout.splitlines():
-            fields = line.split(None, 4)
-            if len(fields) == 5 and fields[1].isdigit() and fields[2].isdigit():
-                found.append((fields[4].split(" -> ")[0], int(fields[1]), int(fields[2])))
-        return found
-
-    conflicts = users.usr_conflicts(merged, owners)
-    if conflicts:
-        shown = "\n".join(f"  {path}" for path in conflicts[:10])
-        more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-        moved = "; ".join(r.line() for r in merged.remaps if r.kind in ("uid", "gid"))
-        raise ArkesError(
-            f"the new image gives an id that this machine uses for someone else, and owns files in /usr by it "
-            f"({moved}):\n{shown}{more}",
-            hint="give the user a free id in the Systemfile (useradd --uid), or own those files by root",
-        )
 
 
 def _dedupe(kargs: list[str]) -> list[str]:
@@ -199,6 +116,8 @@ def install(
     `mountpoints` name entries that may already exist (the mounted /boot of a disk, lost+found); `customize`
     changes the new deployment (its /etc) before it becomes bootable.
     """
+    from arkes.ostree import Sysroot
+
     if Sysroot.is_initialized(path):
         raise UsageError(f"{path} already holds a system", hint="use `os upgrade` to update it")
     allowed = {*mountpoints, "lost+found"} if mountpoints else set()
@@ -241,20 +160,8 @@ def remove_sysroot(path: Path, *, keep_dir: bool = False, keep: set[str] | None 
         path.rmdir()
 
 
-def resolve_systemfile(sysroot: Sysroot, systemfile: Path | None) -> Path:
-    if systemfile is not None:
-        if not systemfile.is_file():
-            raise UsageError(f"{systemfile}: no such Systemfile")
-        return systemfile.resolve()
-    path = system_etc(sysroot) / "system/Systemfile"
-    if not path.is_file():
-        raise UsageError(f"{path}: no such Systemfile", hint="give one with --systemfile")
-    return path
-
-
 def upgrade(
-    sysroot: Sysroot,
-    systemfile: Path | None,
+    target: Target,
     *,
     deploy: bool,
     reuse: bool = True,
@@ -267,20 +174,21 @@ def upgrade(
     same inputs (`--download-only`) is deployed without building again. Without package_updates, the package
     state stays the default deployment's (see arkes.packages).
     """
+    sysroot = target.sysroot
     with sysroot.lock():
         sysroot.reload()
-        etc = system_etc(sysroot)
-        path = resolve_systemfile(sysroot, systemfile)
-        p = build.plan(path, machine_kargs(etc / "system"))
+        machine_etc = target.system_etc
+        path = target.systemfile()
+        p = build.plan(path, target.kargs)
         default = sysroot.default()
-        current = sysroot.commit(default.get_csum()) if default is not None else None
-        recorded = packages.recorded(current.metadata.get(build.META_PACKAGE_INDEXES)) if current else {}
-        state = package_state(p, recorded, updates=package_updates, cache=system_var(sysroot) / PACKAGE_CACHE)
+        current = sysroot.commit(default.checksum) if default is not None else None
+        recorded = dict(current.metadata.package_indexes) if current else {}
+        state = package_state(p, recorded, updates=package_updates, cache=target.package_cache)
         moved = state.changed(recorded) if recorded else []
         for url in moved:
             log.info(f"package repository {url} published a new release")
         p = p.with_packages(state)
-        if reuse and current is not None and current.metadata.get(build.META_INPUT_HASH) == p.input_hash:
+        if reuse and current is not None and current.metadata.input_hash == p.input_hash:
             log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         result = _downloaded(sysroot, p) if reuse else None
@@ -295,24 +203,24 @@ def upgrade(
         if not deploy:
             return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
         # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
-        outside = path.parent != (etc / "system").resolve() and path.parent != etc / "system"
+        outside = path.parent != target.system_dir.resolve() and path.parent != target.system_dir
         merge = sysroot.merge_deployment()
         if merge is not None:
             with log.step("pre-flight"):
-                preflight.check(sysroot, result.checksum, etc, sysroot.deployment_dir(merge) / "usr/etc")
-        _users_preflight(sysroot, result.checksum, etc)
+                preflight.check(sysroot, result.checksum, machine_etc, sysroot.deployment_dir(merge) / "usr/etc")
+        etc.check_users(sysroot, result.checksum, machine_etc)
         if default is not None:
-            _name_kept_var(sysroot, default.get_csum(), result.checksum)
+            _name_kept_var(target, default.checksum, result.checksum)
         staged = sysroot.booted is not None
         _deploy(sysroot, result, _install_kargs(sysroot), copy=outside and not staged)
         if outside and staged:
             # A staged deployment takes the running /etc at shutdown: the Systemfile goes there.
-            _copy_system_dir(p.context, path, etc.parent)
+            _copy_system_dir(p.context, path, machine_etc.parent)
         log.info(f"deployed version {result.version} ({result.checksum[:12]}); it becomes active on the next boot")
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
 
 
-def _name_package_changes(old: Mapping[str, object], new: Mapping[str, object]) -> None:
+def _name_package_changes(old: Metadata, new: Metadata) -> None:
     """Say which packages the new system changes (name, old → new, from two commits' metadata), before anything
     is deployed."""
     from arkes import diff
@@ -326,11 +234,12 @@ def _name_package_changes(old: Mapping[str, object], new: Mapping[str, object]) 
         log.info(f"  {c.name} {c.old or '(new)'} -> {c.new or '(removed)'}")
 
 
-def _name_kept_var(sysroot: Sysroot, old: str, new: str, shown: int = 10) -> None:
+def _name_kept_var(target: Target, old: str, new: str, shown: int = 10) -> None:
     """Name each /var path where the new image brings content the machine does not take (its own copy stays)."""
     from arkes import diff
 
-    kept = diff.var_kept(system_var(sysroot), diff.commit_reader(sysroot, new), diff.commit_reader(sysroot, old))
+    sysroot = target.sysroot
+    kept = diff.var_kept(target.var, diff.commit_reader(sysroot, new), diff.commit_reader(sysroot, old))
     if not kept:
         return
     log.info(f"/var is the machine's: the new image changes {len(kept)} path(s) there that keep the machine's copy:")
@@ -346,10 +255,9 @@ def _downloaded(sysroot: Sysroot, p: build.Plan) -> build.Result | None:
     if checksum is None:
         return None
     commit = sysroot.commit(checksum)
-    if commit.metadata.get(build.META_INPUT_HASH) != p.input_hash:
+    if commit.metadata.input_hash != p.input_hash:
         return None
-    kargs = tuple(str(k) for k in commit.metadata.get(build.META_KARGS, []))
-    return build.Result(checksum, commit.version, p, kargs)
+    return build.Result(checksum, commit.version, p, commit.metadata.kargs)
 
 
 def _index(sysroot: Sysroot, index: int) -> int:
@@ -359,7 +267,7 @@ def _index(sysroot: Sysroot, index: int) -> int:
     return index
 
 
-def revert(sysroot: Sysroot) -> str:
+def revert(sysroot: Sysroot) -> Reverted:
     """Remove the newest deployment (index 0), after booting the previous one from the boot menu."""
     with sysroot.lock():
         sysroot.reload()
@@ -368,24 +276,23 @@ def revert(sysroot: Sysroot) -> str:
             raise UsageError("there is only one deployment; nothing to revert to")
         newest = deployments[0]
         booted = sysroot.booted
-        if booted is not None and booted.equal(newest):
+        if newest.same(booted):
             raise UsageError(
                 "deployment 0 is the running system and cannot be removed",
                 hint="reboot and choose the previous deployment in the boot menu first, or use `os rollback` "
                 "to make the previous deployment the default for the next boot",
             )
-        if newest.is_pinned():
+        if newest.pinned:
             raise UsageError("deployment 0 is pinned", hint="unpin it first with `os pin --unpin 0`")
-        version = sysroot.commit(newest.get_csum()).version
-        others = [d for d in sysroot.all_deployments() if not d.equal(newest)]
+        version = sysroot.commit(newest.checksum).version
+        others = [d for d in sysroot.all_deployments() if not d.same(newest)]
         with log.step("revert"):
             sysroot.write_deployments(others)
             bootloader.write_menu(sysroot)
-        log.info(f"removed deployment 0 (version {version}); the previous deployment is the default again")
-        return str(newest.get_csum())
+        return Reverted(newest.checksum, version)
 
 
-def rollback(sysroot: Sysroot) -> None:
+def rollback(sysroot: Sysroot) -> RolledBack:
     """Make the previous deployment (index 1) the default for the next boot, keeping both."""
     with sysroot.lock():
         sysroot.reload()
@@ -393,27 +300,15 @@ def rollback(sysroot: Sysroot) -> None:
         if len(deployments) < 2:
             raise UsageError("there is only one deployment; nothing to roll back to")
         first, second = deployments[0], deployments[1]
-        rest = [d for d in sysroot.all_deployments() if not d.equal(first) and not d.equal(second)]
+        rest = [d for d in sysroot.all_deployments() if not d.same(first) and not d.same(second)]
         booted = sysroot.booted
-        machine = Path("/etc") if booted is not None and booted.equal(first) else sysroot.deployment_dir(first) / "etc"
-        target = sysroot.deployment_dir(second)
+        machine = Path("/etc") if first.same(booted) else first.root / "etc"
         with log.step("rollback"):
             # The users and groups the machine has now go back with it (OSTree keeps each deployment's /etc apart).
-            merged = users.apply(target / "etc", target / "usr/etc", machine=machine)
+            said = etc.carry_users(sysroot.deployment_dir(second), machine)
             sysroot.write_deployments([second, first, *rest])
             bootloader.write_menu(sysroot)
-        for line in users.log_lines(merged):
-            log.info(line)
-        log.info(f"version {sysroot.commit(second.get_csum()).version} is now the default for the next boot")
-
-
-@dataclass(frozen=True)
-class Pruned:
-    deployments: tuple[str, ...]
-    objects: int
-    repo_bytes: int
-    images: tuple[str, ...]
-    image_bytes: int
+        return RolledBack(second.checksum, sysroot.commit(second.checksum).version, tuple(said))
 
 
 def prune(sysroot: Sysroot, keep: int) -> Pruned:
@@ -425,17 +320,15 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
         sysroot.reload()
         deployments = sysroot.deployments()
         booted = sysroot.booted
-        removed = [d for d in deployments[keep:] if not d.is_pinned() and not (booted is not None and booted.equal(d))]
+        removed = [d for d in deployments[keep:] if not d.pinned and not d.same(booted)]
         if removed:
-            kept = [d for d in sysroot.all_deployments() if not any(d.equal(r) for r in removed)]
+            kept = [d for d in sysroot.all_deployments() if not any(d.same(r) for r in removed)]
             with log.step(f"remove {len(removed)} deployment(s)"):
                 sysroot.write_deployments(kept)
                 bootloader.write_menu(sysroot)
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
-        live = {
-            str(sysroot.commit(d.get_csum()).metadata.get(build.META_INPUT_HASH, "")) for d in sysroot.deployments()
-        }
+        live = {sysroot.commit(d.checksum).metadata.input_hash for d in sysroot.deployments()}
         stale, _ = du.stale_build_images(sysroot, live)
         image_bytes = 0
         if stale:
@@ -444,29 +337,29 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
                 podman.untag(stale)
                 podman.prune_dangling()
             image_bytes = max(before - podman.storage_bytes(), 0)
-        return Pruned(tuple(d.get_csum() for d in removed), objects, freed, tuple(stale), image_bytes)
+        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes)
 
 
-def pin(sysroot: Sysroot, index: int, pinned: bool) -> None:
+def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:
     with sysroot.lock():
         sysroot.reload()
         deployment = sysroot.deployments()[_index(sysroot, index)]
         sysroot.set_pinned(deployment, pinned)
+        return Pinned(index, deployment.checksum, pinned)
 
 
-def unlock(sysroot: Sysroot, *, hotfix: bool) -> None:
+def unlock(target: Target, *, hotfix: bool) -> None:
     """A writable overlay on /usr of the running system: until reboot, or (hotfix) for this deployment."""
+    sysroot = target.sysroot
     booted = sysroot.booted
-    if not is_booted_root(sysroot.path) or booted is None:
+    if not target.booted or booted is None:
         raise UsageError(
             f"{sysroot.path} is not the running system; only a booted system can be unlocked",
             hint="run `os unlock` on the booted Arkēs system (e.g. `os vm IMG --exec 'os unlock'`)",
         )
     # The caller opened the sysroot without a private mount namespace: the overlay must be seen by every process.
-    if booted.get_unlocked() != OSTree.DeploymentUnlockedState.NONE:
-        raise UsageError(
-            f"the running deployment is already unlocked ({booted.unlocked_state_to_string(booted.get_unlocked())})"
-        )
+    if booted.unlocked != "none":
+        raise UsageError(f"the running deployment is already unlocked ({booted.unlocked})")
     with sysroot.lock():
         sysroot.unlock(booted, hotfix)
     if hotfix:

@@ -6,26 +6,21 @@ overlay from comparing a deployment's /etc with the image's defaults in its /usr
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shlex
-import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from arkes import build, deploy, run, tree
+from arkes import run, tree
 from arkes.errors import UsageError
-from arkes.ostree import Sysroot
+from arkes.etc import overlay
+from arkes.records import Deployment, Metadata
+from arkes.results import Change
+from arkes.target import Target
 
-
-@dataclass(frozen=True)
-class Change:
-    kind: str  # added, removed, modified (files) / changed (packages)
-    name: str
-    old: str = ""
-    new: str = ""
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 
 def default_pair(sysroot: Sysroot) -> tuple[int, int]:
@@ -33,14 +28,14 @@ def default_pair(sysroot: Sysroot) -> tuple[int, int]:
     deployments = sysroot.deployments()
     booted = sysroot.booted
     if booted is not None:
-        index = next(i for i, d in enumerate(deployments) if d.equal(booted))
+        index = next(i for i, d in enumerate(deployments) if d.same(booted))
         return index, 0
     if len(deployments) < 2:
         raise UsageError("there is only one deployment: name two indexes, or upgrade first")
     return 1, 0
 
 
-def _deployment(sysroot: Sysroot, index: int) -> Any:
+def _deployment(sysroot: Sysroot, index: int) -> Deployment:
     deployments = sysroot.deployments()
     if not 0 <= index < len(deployments):
         raise UsageError(f"there is no deployment {index} (see `os status`)")
@@ -48,17 +43,15 @@ def _deployment(sysroot: Sysroot, index: int) -> Any:
 
 
 def packages(sysroot: Sysroot, a: int, b: int) -> list[Change]:
-    def metadata(index: int) -> dict[str, Any]:
-        meta: dict[str, Any] = sysroot.commit(_deployment(sysroot, index).get_csum()).metadata
-        return meta
+    def metadata(index: int) -> Metadata:
+        return sysroot.commit(_deployment(sysroot, index).checksum).metadata
 
     return package_changes(metadata(a), metadata(b))
 
 
-def package_changes(old_metadata: Mapping[str, Any], new_metadata: Mapping[str, Any]) -> list[Change]:
+def package_changes(old_metadata: Metadata, new_metadata: Metadata) -> list[Change]:
     """Packages added, removed or at another version between two commits (from their package lists)."""
-    old = {str(n): str(v) for n, v in old_metadata.get(build.META_PACKAGES, [])}
-    new = {str(n): str(v) for n, v in new_metadata.get(build.META_PACKAGES, [])}
+    old, new = dict(old_metadata.packages), dict(new_metadata.packages)
     changes = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -74,8 +67,8 @@ _KINDS = {"A": "added", "D": "removed", "M": "modified"}
 
 
 def files(sysroot: Sysroot, a: int, b: int) -> list[Change]:
-    old = _deployment(sysroot, a).get_csum()
-    new = _deployment(sysroot, b).get_csum()
+    old = _deployment(sysroot, a).checksum
+    new = _deployment(sysroot, b).checksum
     output = run.run(["ostree", "diff", f"--repo={sysroot.repo_path}", old, new], what="ostree diff").stdout
     changes = []
     for line in output.splitlines():
@@ -85,47 +78,9 @@ def files(sysroot: Sysroot, a: int, b: int) -> list[Change]:
     return changes
 
 
-def _describe(path: Path) -> str:
-    st = path.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        return f"link:{os.readlink(path)}"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return "file"
-
-
-def etc_overlay(etc: Path, defaults: Path) -> list[Change]:
-    """Files of `etc` added, modified or removed relative to the image's defaults (`usr/etc`)."""
-    changes: list[Change] = []
-
-    def walk(relative: str) -> None:
-        here, there = etc / relative, defaults / relative
-        names = set(os.listdir(here)) if here.is_dir() and not here.is_symlink() else set()
-        default_names = set(os.listdir(there)) if there.is_dir() and not there.is_symlink() else set()
-        for name in sorted(names | default_names):
-            rel = f"{relative}/{name}" if relative else name
-            mine, image = etc / rel, defaults / rel
-            if name not in default_names:
-                changes.append(Change("added", f"/etc/{rel}"))
-            elif name not in names:
-                changes.append(Change("removed", f"/etc/{rel}"))
-            else:
-                a, b = _describe(image), _describe(mine)
-                if a != b:
-                    changes.append(Change("modified", f"/etc/{rel}", a, b))
-                elif a == "dir":
-                    walk(rel)
-                elif a == "file":
-                    same_mode = stat.S_IMODE(mine.lstat().st_mode) == stat.S_IMODE(image.lstat().st_mode)
-                    if not same_mode or not filecmp.cmp(mine, image, shallow=False):
-                        changes.append(Change("modified", f"/etc/{rel}"))
-
-    walk("")
-    return changes
-
-
-def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
+def etc(target: Target, index: int | None) -> list[Change]:
     """The local /etc overlay of a deployment: the running /etc for the booted one."""
+    sysroot = target.sysroot
     if index is None:
         deployment = sysroot.booted or sysroot.default()
     else:
@@ -134,12 +89,8 @@ def etc(sysroot: Sysroot, index: int | None) -> list[Change]:
         raise UsageError("there is no deployment")
     root = sysroot.deployment_dir(deployment)
     booted = sysroot.booted
-    live = (
-        Path("/etc")
-        if deploy.is_booted_root(sysroot.path) and booted is not None and booted.equal(deployment)
-        else root / "etc"
-    )
-    return etc_overlay(live, root / "usr/etc")
+    live = Path("/etc") if target.booted and deployment.same(booted) else root / "etc"
+    return overlay(live, root / "usr/etc")
 
 
 # --- /var: the machine's, seeded once ------------------------------------------------------------------------
@@ -206,8 +157,9 @@ def var_kept(var: Path, new: Reader, old: Reader | None = None) -> list[Change]:
     return changes
 
 
-def var(sysroot: Sysroot, index: int | None) -> list[Change]:
+def var(target: Target, index: int | None) -> list[Change]:
     """`os diff --var`: the image's /var content that the machine's /var does not have (the machine's stays)."""
+    sysroot = target.sysroot
     deployment = (sysroot.booted or sysroot.default()) if index is None else _deployment(sysroot, index)
     if deployment is None:
         raise UsageError("there is no deployment")
@@ -219,4 +171,4 @@ def var(sysroot: Sysroot, index: int | None) -> list[Change]:
         except OSError:
             return None
 
-    return var_kept(deploy.system_var(sysroot), read)
+    return var_kept(target.var, read)

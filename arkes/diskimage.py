@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, deploy, images, log, run
+from arkes import bootloader, deploy, images, log, results, run
 from arkes import systemfile as systemfile_module
 from arkes.errors import UsageError
 
@@ -146,7 +146,7 @@ def install_disk(
     root_password: str | None,
     wipe: bool = False,
     secrets: Mapping[str, Path] | None = None,
-) -> deploy.Outcome:
+) -> results.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
     # A Systemfile with errors is refused before the disk is touched.
     context = (systemfile or images.default_systemfile()).resolve().parent
@@ -179,7 +179,7 @@ def install_disk(
 
 def _install_partitions(
     disk: Path, systemfile: Path | None, root_password: str | None, secrets: Mapping[str, Path] | None
-) -> deploy.Outcome:
+) -> results.Outcome:
     parts = read_partitions(disk)
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
     esp_id = uuid.uuid4().hex[:8].upper()

@@ -9,39 +9,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import podman
-from arkes.ostree import BUILD_REF, META_INPUT_HASH, OSTree, Sysroot
+from arkes.records import BUILD_REF
+from arkes.results import DeploymentUsage, Usage
 
-_SUFFIX = {
-    OSTree.ObjectType.FILE: "file",
-    OSTree.ObjectType.DIR_TREE: "dirtree",
-    OSTree.ObjectType.DIR_META: "dirmeta",
-    OSTree.ObjectType.COMMIT: "commit",
-}
-
-
-@dataclass(frozen=True)
-class DeploymentUsage:
-    index: int
-    checksum: str
-    own: int  # objects only this deployment's commit reaches, plus its /etc
-    shared: int  # objects it shares with other deployments (counted once in `shared_bytes`)
-
-
-@dataclass(frozen=True)
-class Usage:
-    repo_bytes: int  # the whole repository directory
-    objects_bytes: int  # repository objects
-    shared_bytes: int  # objects reached by more than one deployment
-    other_bytes: int  # objects no deployment reaches (later builds, unreferenced leftovers)
-    deployments: tuple[DeploymentUsage, ...]
-    etc_bytes: int  # every deployment's own /etc, included in their `own`
-    podman_bytes: int  # container storage used by images
-    prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
-    prune_image_bytes: int
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 
 def allocated(path: Path) -> int:
@@ -68,15 +44,6 @@ def tree_bytes(root: Path, seen: set[tuple[int, int]] | None = None) -> int:
     return total
 
 
-def _reachable(sysroot: Sysroot, checksum: str) -> set[tuple[str, str]]:
-    _, reachable = sysroot.repo.traverse_commit(checksum, 0, None)
-    objects = set()
-    for key in reachable:
-        csum, objtype = key.unpack() if hasattr(key, "unpack") else key
-        objects.add((csum, _SUFFIX.get(OSTree.ObjectType(objtype), "")))
-    return objects
-
-
 def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
     repo = sysroot.repo_path
     objects_dir = repo / "objects"
@@ -90,8 +57,8 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
     directory_blocks = tree_bytes(objects_dir) - sum(sizes.values())
 
     deployments = sysroot.deployments()
-    commits = [d.get_csum() for d in deployments]
-    reach_of = {c: _reachable(sysroot, c) for c in set(commits)}
+    commits = [d.checksum for d in deployments]
+    reach_of = {c: sysroot.reachable_objects(c) for c in set(commits)}
     counts: Counter[tuple[str, str]] = Counter(o for objects in reach_of.values() for o in objects)
     uses = Counter(commits)
     etc_seen: set[tuple[int, int]] = set()
@@ -110,25 +77,17 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
     other = sum(size for o, size in sizes.items() if o not in reached) + directory_blocks
 
     booted = sysroot.booted
-    prunable = [
-        i
-        for i, d in enumerate(deployments[keep:], start=keep)
-        if not d.is_pinned() and not (booted is not None and booted.equal(d))
-    ]
+    prunable = [i for i, d in enumerate(deployments[keep:], start=keep) if not d.pinned and not d.same(booted)]
     kept_objects: set[tuple[str, str]] = set()
     built = sysroot.resolve(BUILD_REF)
     if built:
-        kept_objects |= reach_of.get(built) or _reachable(sysroot, built)  # the last build keeps its ref
+        kept_objects |= reach_of.get(built) or sysroot.reachable_objects(built)  # the last build keeps its ref
     for i, commit in enumerate(commits):
         if i not in prunable:
             kept_objects |= reach_of[commit]
     prune = sum(size for o, size in sizes.items() if o not in kept_objects) + sum(etc_sizes[i] for i in prunable)
 
-    live = {
-        str(sysroot.commit(d.get_csum()).metadata.get(META_INPUT_HASH, ""))
-        for i, d in enumerate(deployments)
-        if i not in prunable
-    }
+    live = {sysroot.commit(d.checksum).metadata.input_hash for i, d in enumerate(deployments) if i not in prunable}
     _, freed = stale_build_images(sysroot, live)
     prune_images = podman.exclusive_bytes(freed)
     return Usage(

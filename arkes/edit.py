@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from arkes import bootloader, deploy, log, run, systemfile
+from arkes import bootloader, log, run, systemfile
 from arkes.errors import UsageError
-from arkes.ostree import Sysroot
+from arkes.target import Target
 
 FALLBACK_EDITORS = ("editor", "nano", "vim", "vi")
 
@@ -38,8 +38,8 @@ def ask(question: str, default: bool) -> bool:
     return default if not answer else answer.startswith("y")
 
 
-def edit(sysroot: Sysroot, upgrade: Callable[[Sysroot], None]) -> int:
-    path = deploy.resolve_systemfile(sysroot, None)
+def edit(target: Target, upgrade: Callable[[Target], None]) -> int:
+    path = target.systemfile()
     original = path.read_text()
     command = editor()
     with tempfile.TemporaryDirectory(prefix="arkes-edit-") as tmp:
@@ -65,7 +65,7 @@ def edit(sysroot: Sysroot, upgrade: Callable[[Sysroot], None]) -> int:
     bootloader.atomic_write(path, text)
     log.info(f"saved {path}")
     if ask("Run `os upgrade` now?", False):
-        upgrade(sysroot)
+        upgrade(target)
     else:
         log.info("the change takes effect with `os upgrade`")
     return 0

@@ -5,51 +5,77 @@ Everything here reads OSTree's own data structures; nothing parses `ostree admin
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import gi
 
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-__all__ = ["BUILD_REF", "STATEROOT", "Commit", "GLib", "Gio", "OSTree", "Sysroot"]
+__all__ = ["BUILD_REF", "STATEROOT", "BootEntry", "Commit", "Deployment", "Metadata", "Sysroot"]
 
 from arkes import log  # noqa: E402
 from arkes.errors import ArkesError, LockedError  # noqa: E402
+from arkes.records import BUILD_REF, ORIGIN_GROUP, STATEROOT, BootEntry, Commit, Deployment, Metadata  # noqa: E402
 
-STATEROOT = "arkes"
-# The newest commit `os build` made; keeps it alive for a later deploy even when nothing deploys it yet.
-BUILD_REF = "arkes/build"
-ORIGIN_GROUP = "arkes"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-# Commit metadata keys (see docs/status.md).
-META_INPUT_HASH = "arkes.input-hash"
-META_BASE_IMAGE = "arkes.base-image"
-META_BASE_DIGEST = "arkes.base-digest"
-META_SYSTEMFILE_SHA256 = "arkes.systemfile-sha256"
-META_PACKAGES = "arkes.packages"
-META_KARGS = "arkes.kargs"
-META_TOOL_VERSION = "arkes.tool-version"
-META_CONTEXT = "arkes.context"
-META_MACHINE_KARGS = "arkes.machine-kargs"
-META_PACKAGE_STATE = "arkes.package-state"
-META_PACKAGE_INDEXES = "arkes.package-indexes"
+_SUFFIX = {
+    OSTree.ObjectType.FILE: "file",
+    OSTree.ObjectType.DIR_TREE: "dirtree",
+    OSTree.ObjectType.DIR_META: "dirmeta",
+    OSTree.ObjectType.COMMIT: "commit",
+}
 
 
-def _check(result: Any, what: str) -> Any:
-    """PyGObject returns (ok, value, ...) tuples for gboolean+out functions; unwrap them."""
-    if isinstance(result, tuple):
-        if not result[0]:
-            raise ArkesError(f"{what} failed")
-        return result[1] if len(result) == 2 else result[1:]
-    return result
+# Where each field is kept in the commit's a{sv} metadata, and its GVariant type.
+_KEYS: dict[str, tuple[str, str]] = {
+    "version": ("version", "s"),
+    "input_hash": ("arkes.input-hash", "s"),
+    "base_image": ("arkes.base-image", "s"),
+    "base_digest": ("arkes.base-digest", "s"),
+    "systemfile_sha256": ("arkes.systemfile-sha256", "s"),
+    "packages": ("arkes.packages", "a(ss)"),
+    "kargs": ("arkes.kargs", "as"),
+    "tool_version": ("arkes.tool-version", "s"),
+    "context": ("arkes.context", "a(ss)"),
+    "machine_kargs": ("arkes.machine-kargs", "as"),
+    "package_state": ("arkes.package-state", "s"),
+    "package_indexes": ("arkes.package-indexes", "a(ss)"),
+    "kernel": ("ostree.linux", "s"),
+}
+
+
+def _read_metadata(raw: Mapping[str, object]) -> Metadata:
+    values: dict[str, object] = {}
+    for name, (key, kind) in _KEYS.items():
+        value = raw.get(key)
+        if kind == "s":
+            values[name] = str(value) if value is not None else ""
+        elif kind == "as":
+            values[name] = tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+        else:
+            pairs = value if isinstance(value, list | tuple) else ()
+            values[name] = tuple((str(p[0]), str(p[1])) for p in pairs if isinstance(p, list | tuple) and len(p) == 2)
+    return Metadata(**values)  # type: ignore[arg-type]
+
+
+def _metadata_variant(metadata: Metadata) -> GLib.Variant:
+    entries = {"ostree.bootable": GLib.Variant("b", True)}
+    for name, (key, kind) in _KEYS.items():
+        value = getattr(metadata, name)
+        if name == "kernel" and not value:
+            continue  # no kernel: OSTree finds none to boot, and the gate has refused already
+        entries[key] = GLib.Variant(kind, list(value) if isinstance(value, tuple) else value)
+    return GLib.Variant("a{sv}", entries)
 
 
 def _error(what: str, e: GLib.Error) -> ArkesError:
@@ -59,12 +85,20 @@ def _error(what: str, e: GLib.Error) -> ArkesError:
             f"{what}: not enough disk space ({e.message})",
             hint="free some space (`os prune` removes old deployments and build images) and try again",
         )
-    return ArkesError(f"{what}: {e.message}")
+    if "Read-only file system" in e.message or "Permission denied" in e.message:
+        return ArkesError(
+            f"{what}: {e.message}",
+            hint="this command changes the sysroot: it must be writable, and `os` run as root",
+        )
+    return ArkesError(f"{what}: {e.message}", hint="`os --debug` shows where libostree failed")
 
 
-def _wrap(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*args: Any, **kwargs: Any) -> Any:
+def _wrap(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Turn a GLib.Error raised by the wrapped method into an ArkesError saying what was being done."""
+
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(func)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 return func(*args, **kwargs)
             except GLib.Error as e:
@@ -75,25 +109,12 @@ def _wrap(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-@dataclass(frozen=True)
-class Commit:
-    checksum: str
-    timestamp: int
-    subject: str
-    metadata: dict[str, Any]
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata.get("version", ""))
-
-
 class Sysroot:
     """An OSTree sysroot: a directory (`--sysroot`) or the booted system's `/`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(os.fspath(path)))
-        self._locked = False
         self._commit_roots: dict[str, Any] = {}
 
     @staticmethod
@@ -115,7 +136,7 @@ class Sysroot:
         sysroot._sysroot.ensure_initialized(None)
         sysroot._sysroot.load(None)
         sysroot._sysroot.init_osname(STATEROOT, None)
-        repo = sysroot.repo
+        repo = sysroot._repo
         config = repo.copy_config()
         # Boot menus are written by arkes itself from the boot loader entries (see DESIGN: Debian's GRUB has no
         # blscfg and OSTree's GRUB backend would run grub-mkconfig inside the deployment).
@@ -141,7 +162,7 @@ class Sysroot:
         """This system's own id, kept in its repository's config: what its build images are tagged with, so that
         sysroots sharing one container storage never count or remove each other's images. "" when there is none
         yet and `create` is false."""
-        config = self.repo.copy_config()
+        config = self._repo.copy_config()
         try:
             return str(config.get_string(ORIGIN_GROUP, "system-id"))
         except GLib.Error:
@@ -150,7 +171,7 @@ class Sysroot:
         value = uuid.uuid4().hex
         config.set_string(ORIGIN_GROUP, "system-id", value)
         try:
-            self.repo.write_config(config)
+            self._repo.write_config(config)
         except GLib.Error as e:
             raise _error("recording the system id", e) from e
         return value
@@ -160,7 +181,7 @@ class Sysroot:
         self._sysroot.load(None)
 
     @property
-    def repo(self) -> OSTree.Repo:
+    def _repo(self) -> OSTree.Repo:
         return self._sysroot.repo()
 
     @property
@@ -186,67 +207,98 @@ class Sysroot:
                 f"another process is changing the system at {self.path} (the sysroot lock is held)",
                 hint="wait for the other `os` command to finish, then try again",
             )
-        self._locked = True
         try:
             yield
         finally:
             self._sysroot.unlock()
-            self._locked = False
 
     # --- deployments -------------------------------------------------------------------------------------
 
-    def deployments(self) -> list[OSTree.Deployment]:
-        return [d for d in self._sysroot.get_deployments() if d.get_osname() == STATEROOT]
+    def _record(self, native: Any) -> Deployment:
+        booted = self._sysroot.get_booted_deployment()
+        bootconfig = native.get_bootconfig()
+        boot = None
+        if bootconfig is not None:
+            boot = BootEntry(
+                str(bootconfig.get("linux") or ""),
+                str(bootconfig.get("initrd") or ""),
+                str(bootconfig.get("options") or ""),
+            )
+        keyfile = native.get_origin()
+        origin: tuple[tuple[str, str], ...] = ()
+        if keyfile is not None and keyfile.has_group(ORIGIN_GROUP):
+            keys = keyfile.get_keys(ORIGIN_GROUP)[0]
+            origin = tuple((str(k), str(keyfile.get_string(ORIGIN_GROUP, k))) for k in keys)
+        unlocked = native.get_unlocked()
+        return Deployment(
+            checksum=str(native.get_csum()),
+            serial=int(native.get_deployserial()),
+            stateroot=str(native.get_osname()),
+            root=self.path / str(self._sysroot.get_deployment_dirpath(native)),
+            booted=booted is not None and bool(booted.equal(native)),
+            staged=bool(native.is_staged()),
+            pinned=bool(native.is_pinned()),
+            unlocked=str(native.unlocked_state_to_string(unlocked)) if unlocked else "none",
+            boot=boot,
+            origin=origin,
+        )
 
-    def all_deployments(self) -> list[OSTree.Deployment]:
-        return list(self._sysroot.get_deployments())
+    def _native(self, deployment: Deployment) -> Any:
+        """libostree's object for a record of ours (it may have been listed before a reload)."""
+        for native in self._sysroot.get_deployments():
+            if (native.get_osname(), native.get_csum(), native.get_deployserial()) == (
+                deployment.stateroot,
+                deployment.checksum,
+                deployment.serial,
+            ):
+                return native
+        raise ArkesError(f"deployment {deployment.checksum[:12]}.{deployment.serial} is no longer there")
+
+    def deployments(self) -> list[Deployment]:
+        """Our deployments (stateroot `arkes`), in boot order: the first is the default."""
+        return [self._record(d) for d in self._sysroot.get_deployments() if d.get_osname() == STATEROOT]
+
+    def all_deployments(self) -> list[Deployment]:
+        """Every deployment of the sysroot, of any stateroot, in boot order."""
+        return [self._record(d) for d in self._sysroot.get_deployments()]
 
     @property
-    def booted(self) -> OSTree.Deployment | None:
-        return self._sysroot.get_booted_deployment()
+    def booted(self) -> Deployment | None:
+        native = self._sysroot.get_booted_deployment()
+        return self._record(native) if native is not None else None
 
     @property
-    def staged(self) -> OSTree.Deployment | None:
-        return self._sysroot.get_staged_deployment()
+    def staged(self) -> Deployment | None:
+        native = self._sysroot.get_staged_deployment()
+        return self._record(native) if native is not None else None
 
-    def default(self) -> OSTree.Deployment | None:
+    def default(self) -> Deployment | None:
         deployments = self.deployments()
         return deployments[0] if deployments else None
 
-    def merge_deployment(self) -> OSTree.Deployment | None:
-        return self._sysroot.get_merge_deployment(STATEROOT)
+    def merge_deployment(self) -> Deployment | None:
+        """The deployment whose /etc a new one merges with (the booted one, else the default)."""
+        native = self._sysroot.get_merge_deployment(STATEROOT)
+        return self._record(native) if native is not None else None
 
-    def deployment_dir(self, deployment: OSTree.Deployment) -> Path:
-        return self.path / str(self._sysroot.get_deployment_dirpath(deployment))
-
-    def origin(self, deployment: OSTree.Deployment) -> dict[str, str]:
-        keyfile = deployment.get_origin()
-        if keyfile is None or not keyfile.has_group(ORIGIN_GROUP):
-            return {}
-        keys = keyfile.get_keys(ORIGIN_GROUP)[0]
-        return {k: keyfile.get_string(ORIGIN_GROUP, k) for k in keys}
-
-    def kargs(self, deployment: OSTree.Deployment) -> list[str]:
-        bootconfig = deployment.get_bootconfig()
-        options = bootconfig.get("options") if bootconfig is not None else None
-        return options.split() if options else []
+    def deployment_dir(self, deployment: Deployment) -> Path:
+        return deployment.root
 
     # --- commits -----------------------------------------------------------------------------------------
 
     @_wrap("reading a commit")
     def commit(self, checksum: str) -> Commit:
-        _, variant, _ = self.repo.load_commit(checksum)
-        metadata = variant.get_child_value(0).unpack()
+        _, variant, _ = self._repo.load_commit(checksum)
         return Commit(
             checksum=checksum,
-            timestamp=OSTree.commit_get_timestamp(variant),
-            subject=variant.get_child_value(3).get_string(),
-            metadata=metadata,
+            timestamp=int(OSTree.commit_get_timestamp(variant)),
+            subject=str(variant.get_child_value(3).get_string()),
+            metadata=_read_metadata(variant.get_child_value(0).unpack()),
         )
 
     @_wrap("resolving a ref")
     def resolve(self, ref: str) -> str | None:
-        _, checksum = self.repo.resolve_rev(ref, True)
+        _, checksum = self._repo.resolve_rev(ref, True)
         return checksum if checksum else None
 
     @_wrap("committing the tree")
@@ -255,7 +307,7 @@ class Sysroot:
         tree: Path,
         *,
         subject: str,
-        metadata: Mapping[str, Any],
+        metadata: Metadata,
         ref: str,
         on_file: Callable[[int], None] | None = None,
     ) -> str:
@@ -264,7 +316,7 @@ class Sysroot:
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
         staging leftovers that the next transaction or prune removes.
         """
-        repo = self.repo
+        repo = self._repo
         count = [0]
 
         def commit_filter(_repo: Any, _path: str, _info: Any, *_user: Any) -> OSTree.RepoCommitFilterResult:
@@ -283,8 +335,7 @@ class Sysroot:
             mtree = OSTree.MutableTree.new()
             repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(tree)), mtree, modifier, cancellable)
             _, root = repo.write_mtree(mtree, cancellable)
-            variant = GLib.Variant("a{sv}", {k: _variant(v) for k, v in metadata.items()})
-            _, checksum = repo.write_commit(None, subject, None, variant, root, cancellable)
+            _, checksum = repo.write_commit(None, subject, None, _metadata_variant(metadata), root, cancellable)
             repo.transaction_set_ref(None, ref, checksum)
             repo.commit_transaction(cancellable)
         except BaseException as e:
@@ -306,13 +357,13 @@ class Sysroot:
         origin: Mapping[str, str],
         kargs: Sequence[str],
         prepare: Callable[[Path], None] | None = None,
-    ) -> OSTree.Deployment:
+    ) -> Deployment:
         """Deploy `checksum` as the new default, keeping every existing deployment.
 
         `prepare(deployment_dir)` may change the new deployment (e.g. its /etc) before it enters the boot
         configuration; if it fails, the half-made deployment is never referenced and cleanup removes it.
         """
-        merge = self.merge_deployment()
+        merge = self._sysroot.get_merge_deployment(STATEROOT)
         keyfile = GLib.KeyFile()
         keyfile.set_string("origin", "unconfigured-state", "Arkēs systems are updated with `os upgrade`")
         for key, value in origin.items():
@@ -320,42 +371,77 @@ class Sysroot:
         if self.booted is not None:
             # A running system stages: OSTree finishes the deployment at shutdown, merging /etc as it is then,
             # so edits made after the upgrade still reach the new system.
-            _, deployment = self._sysroot.stage_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
+            _, native = self._sysroot.stage_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
             if prepare is not None:
-                prepare(self.deployment_dir(deployment))
+                prepare(self.path / str(self._sysroot.get_deployment_dirpath(native)))
             self.reload()
-            return deployment
-        _, deployment = self._sysroot.deploy_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
+            return self._record(native)
+        _, native = self._sysroot.deploy_tree(STATEROOT, checksum, keyfile, merge, list(kargs), None)
         if prepare is not None:
-            prepare(self.deployment_dir(deployment))
+            prepare(self.path / str(self._sysroot.get_deployment_dirpath(native)))
         flags = OSTree.SysrootSimpleWriteDeploymentFlags.RETAIN
-        self._sysroot.simple_write_deployment(STATEROOT, deployment, merge, flags, None)
+        self._sysroot.simple_write_deployment(STATEROOT, native, merge, flags, None)
         self.reload()
-        return deployment
+        return self._record(native)
 
     @_wrap("unlocking")
-    def unlock(self, deployment: OSTree.Deployment, hotfix: bool) -> None:
+    def unlock(self, deployment: Deployment, hotfix: bool) -> None:
         state = OSTree.DeploymentUnlockedState.HOTFIX if hotfix else OSTree.DeploymentUnlockedState.DEVELOPMENT
-        self._sysroot.deployment_unlock(deployment, state, None)
+        self._sysroot.deployment_unlock(self._native(deployment), state, None)
         self.reload()
 
     @_wrap("reading the commit's tree")
-    def commit_file(self, checksum: str, path: str) -> Any:
+    def _commit_file(self, checksum: str, path: str) -> Any:
         """The Gio.File of `path` inside a commit (an OSTree.RepoFile), or None when absent."""
         root = self._commit_roots.get(checksum)
         if root is None:
             # A commit never changes: its root is read once, however many of its files are asked for.
-            _, root, _ = self.repo.read_commit(checksum, None)
+            _, root, _ = self._repo.read_commit(checksum, None)
             self._commit_roots[checksum] = root
         node = root.resolve_relative_path(path.lstrip("/"))
         return node if node.query_exists(None) else None
+
+    @_wrap("reading the commit's tree")
+    def boot_files(self, checksum: str) -> list[tuple[str, int]]:
+        """(content checksum, size) of each kernel and initramfs in a commit's /usr/lib/modules."""
+        modules = self._commit_file(checksum, "usr/lib/modules")
+        if modules is None:
+            return []
+        found = []
+        for info in modules.enumerate_children("standard::name", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None):
+            for name in ("vmlinuz", "initramfs.img"):
+                node = modules.get_child(info.get_name()).get_child(name)
+                if node.query_exists(None):
+                    node.ensure_resolved()
+                    size = node.query_info("standard::size", Gio.FileQueryInfoFlags.NONE, None).get_size()
+                    found.append((str(node.get_checksum()), int(size)))
+        return found
+
+    @_wrap("walking a commit")
+    def reachable_objects(self, checksum: str) -> set[tuple[str, str]]:
+        """(checksum, kind) of every object a commit reaches; kind is the object file's suffix (file, dirtree, ...)."""
+        _, reachable = self._repo.traverse_commit(checksum, 0, None)
+        objects = set()
+        for key in reachable:
+            csum, objtype = key.unpack() if hasattr(key, "unpack") else key
+            objects.add((str(csum), _SUFFIX.get(OSTree.ObjectType(objtype), "")))
+        return objects
+
+    @_wrap("reading the commit's tree")
+    def commit_is_dir(self, checksum: str, path: str) -> bool | None:
+        """Whether `path` inside a commit is a directory (not following links); None when absent."""
+        node = self._commit_file(checksum, path)
+        if node is None:
+            return None
+        kind = node.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        return bool(kind == Gio.FileType.DIRECTORY)
 
     @_wrap("reading the commit's tree")
     def read_commit_file(self, checksum: str, path: str) -> bytes | None:
         """The content of the file `path` inside a commit, or None when absent. Read from its stream: Gio's
         load_contents asks a repository file's stream for file info it does not have, and newer GLib prints a
         critical warning for each file read that way."""
-        node = self.commit_file(checksum, path)
+        node = self._commit_file(checksum, path)
         if node is None:
             return None
         stream = node.read(None)
@@ -371,14 +457,14 @@ class Sysroot:
         return b"".join(chunks)
 
     @_wrap("writing the deployment list")
-    def write_deployments(self, deployments: Sequence[OSTree.Deployment]) -> None:
+    def write_deployments(self, deployments: Sequence[Deployment]) -> None:
         """Make `deployments` (in boot order, the first the default) the whole list; others are removed."""
-        self._sysroot.write_deployments(list(deployments), None)
+        self._sysroot.write_deployments([self._native(d) for d in deployments], None)
         self.reload()
 
     @_wrap("pinning")
-    def set_pinned(self, deployment: OSTree.Deployment, pinned: bool) -> None:
-        self._sysroot.deployment_set_pinned(deployment, pinned)
+    def set_pinned(self, deployment: Deployment, pinned: bool) -> None:
+        self._sysroot.deployment_set_pinned(self._native(deployment), pinned)
         self.reload()
 
     @_wrap("cleaning up")
@@ -387,23 +473,7 @@ class Sysroot:
         # prepare_cleanup removes undeployed directories and rewrites the ostree/N/M/I refs that hold every
         # deployment's commit, so a refs-only prune keeps exactly the deployments and our own refs.
         self._sysroot.prepare_cleanup(None)
-        result = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        result = self._repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
         _, _total, pruned, freed = result
         log.debug(f"pruned {pruned} objects, {freed} bytes")
         return int(pruned), int(freed)
-
-
-def _variant(value: Any) -> GLib.Variant:
-    if isinstance(value, GLib.Variant):
-        return value
-    if isinstance(value, str):
-        return GLib.Variant("s", value)
-    if isinstance(value, bool):
-        return GLib.Variant("b", value)
-    if isinstance(value, int):
-        return GLib.Variant("t", value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return GLib.Variant("as", value)
-    if isinstance(value, list) and all(isinstance(v, tuple) for v in value):
-        return GLib.Variant("a(ss)", value)
-    raise TypeError(f"no GVariant form for {value!r}")

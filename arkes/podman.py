@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from arkes import log, run
-from arkes.errors import CommandError
+from arkes.errors import ArkesError, CommandError
 
 # Build images are named after their input hash so that a rebuild of known inputs is found again.
 BUILD_REPO = "localhost/arkes-build"
@@ -62,11 +62,10 @@ def image_info(ref: str) -> dict[str, object] | None:
 
 
 def inspect_image(ref: str) -> dict[str, object]:
-    result = run.run(_podman("image", "inspect", ref), what=f"podman image inspect {ref}")
-    data = json.loads(result.stdout)
-    if not data:
-        raise CommandError(f"podman knows no image {ref}")
-    image: dict[str, object] = data[0]
+    """What `podman image inspect` says of `ref`; an error when the storage does not hold it."""
+    image = image_info(ref)
+    if image is None:
+        raise CommandError(f"podman knows no image {ref}", hint="`podman images` lists the images there are")
     return image
 
 
@@ -92,6 +91,15 @@ def image_env(image: dict[str, object]) -> dict[str, str]:
     config = image.get("Config")
     env = config.get("Env") if isinstance(config, dict) else None
     return dict(str(each).partition("=")[::2] for each in env or [])
+
+
+def local_image_env(ref: str) -> dict[str, str] | None:
+    """What an image in local storage sets (its Env); None when it is not there, or the storage cannot say."""
+    try:
+        image = image_info(ref)
+    except ArkesError:
+        return None
+    return image_env(image) if image is not None else None
 
 
 def import_tarball(tarball: Path, ref: str, changes: list[str]) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arkes import diff, du
+from arkes import du, etc
 from arkes.errors import ArkesError
-from arkes.ostree import Gio, Sysroot
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 MIB = 1024 * 1024
 # Directories of the new checkout and the /etc merge's own files need room beyond the copied /etc.
@@ -21,25 +24,9 @@ def _size(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-def _boot_files(sysroot: Sysroot, checksum: str) -> list[tuple[str, int]]:
-    """(content checksum, size) of each kernel and initramfs in a commit."""
-    modules = sysroot.commit_file(checksum, "usr/lib/modules")
-    if modules is None:
-        return []
-    found = []
-    for info in modules.enumerate_children("standard::name", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None):
-        for name in ("vmlinuz", "initramfs.img"):
-            node = modules.get_child(info.get_name()).get_child(name)
-            if node.query_exists(None):
-                node.ensure_resolved()
-                size = node.query_info("standard::size", Gio.FileQueryInfoFlags.NONE, None).get_size()
-                found.append((node.get_checksum(), int(size)))
-    return found
-
-
 def boot_space(sysroot: Sysroot, checksum: str) -> None:
-    new = _boot_files(sysroot, checksum)
-    present = {c for d in sysroot.deployments() for c, _ in _boot_files(sysroot, d.get_csum())}
+    new = sysroot.boot_files(checksum)
+    present = {c for d in sysroot.deployments() for c, _ in sysroot.boot_files(d.checksum)}
     needed = sum(size for c, size in new if c not in present)
     if not needed:
         return
@@ -66,32 +53,7 @@ def root_space(sysroot: Sysroot, etc: Path) -> None:
         )
 
 
-def etc_conflicts(sysroot: Sysroot, checksum: str, etc: Path, defaults: Path) -> None:
-    """Refuse when a local change in /etc and the new image disagree on what a path is (file against directory)."""
-    conflicts = []
-    for change in diff.etc_overlay(etc, defaults):
-        if change.kind == "removed":
-            continue
-        relative = change.name.removeprefix("/etc/")
-        node = sysroot.commit_file(checksum, f"usr/etc/{relative}")
-        if node is None:
-            continue
-        new_is_dir = node.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None) == Gio.FileType.DIRECTORY
-        local = etc / relative
-        local_is_dir = local.is_dir() and not local.is_symlink()
-        if new_is_dir != local_is_dir:
-            mine = "a directory" if local_is_dir else "a file"
-            theirs = "a directory" if new_is_dir else "a file"
-            conflicts.append(f"{change.name}: this machine has {mine}, the new image has {theirs}")
-    if conflicts:
-        raise ArkesError(
-            "the new deployment's /etc cannot be merged with this machine's:\n"
-            + "\n".join(f"  {c}" for c in conflicts),
-            hint="move the local path out of the way (or change the Systemfile), then upgrade again",
-        )
-
-
-def check(sysroot: Sysroot, checksum: str, etc: Path, defaults: Path) -> None:
-    etc_conflicts(sysroot, checksum, etc, defaults)
+def check(sysroot: Sysroot, checksum: str, machine_etc: Path, defaults: Path) -> None:
+    etc.check_conflicts(sysroot, checksum, machine_etc, defaults)
     boot_space(sysroot, checksum)
-    root_space(sysroot, etc)
+    root_space(sysroot, machine_etc)

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +23,31 @@ from arkes.errors import CommandError, ToolMissingError
 
 # Which Debian package brings each program we call, for the hint of ToolMissingError.
 PACKAGES = {
-    "podman": "podman",
-    "ostree": "ostree",
+    "buildah": "buildah",
+    "chattr": "e2fsprogs",
+    "dracut": "dracut",
+    "du": "coreutils",
+    "grub-mkimage": "grub-common",
+    "ionice": "util-linux",
+    "losetup": "mount",
+    "mcopy": "mtools",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mmd": "mtools",
     "mmdebstrap": "mmdebstrap",
-    "zstd": "zstd",
+    "mount": "mount",
+    "nice": "coreutils",
+    "openssl": "openssl",
+    "ostree": "ostree",
+    "partx": "util-linux",
+    "podman": "podman",
     "qemu-system-x86_64": "qemu-system-x86",
     "runc": "runc",
-    "dracut": "dracut",
-    "chattr": "e2fsprogs",
-    "mcopy": "mtools",
-    "mmd": "mtools",
-    "grub-mkimage": "grub-common",
     "sfdisk": "fdisk",
-    "mkfs.vfat": "dosfstools",
     "skopeo": "skopeo",
+    "systemctl": "systemd",
+    "umount": "mount",
+    "zstd": "zstd",
 }
 
 TAIL_LINES = 25
@@ -187,15 +198,39 @@ def stream(
     return output
 
 
-def spawn(argv: Sequence[str | os.PathLike[str]], *, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a long-lived program (a VM) in its own session, its output going to log_path."""
+@contextlib.contextmanager
+def spawned(
+    argv: Sequence[str | os.PathLike[str]], *, log_path: Path, grace: float = 10
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-lived program (a VM) in its own session, its output going to log_path, for the length of the
+    block: when the block ends, by return or by an exception, a program still running gets SIGTERM, then after
+    `grace` seconds SIGKILL, and is reaped."""
     args = [os.fspath(a) for a in argv]
     which(args[0])
     log.debug(f"+ {shlex.join(args)}")
     with open(log_path, "wb") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_env(None), start_new_session=True
         )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for a spawned program to end; whether it did."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def interactive(argv: Sequence[str | os.PathLike[str]]) -> int:

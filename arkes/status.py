@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from arkes import ostree
-from arkes.ostree import Sysroot
+from arkes import results
+from arkes.target import Target
 
-API_VERSION = "arkes/v1"
+API_VERSION = results.API_VERSION
 
 
 @dataclass(frozen=True)
@@ -42,44 +42,51 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(results.Result):
+    KIND: ClassVar[str] = "Status"
     sysroot: str
     deployments: tuple[Deployment, ...]
-    last_check: LastCheck | None = None
+    last_update_check: LastCheck | None = None
+
+    def to_json(self) -> results.JSON:
+        return to_json(self)
+
+    def render(self) -> str:
+        return render(self)
 
 
-def collect(sysroot: Sysroot) -> Status:
+def collect(target: Target) -> Status:
+    sysroot = target.sysroot
     booted = sysroot.booted
     result = []
     for index, d in enumerate(sysroot.deployments()):
-        commit = sysroot.commit(d.get_csum())
+        commit = sysroot.commit(d.checksum)
         meta = commit.metadata
-        unlocked = d.get_unlocked()
         result.append(
             Deployment(
                 index=index,
-                checksum=d.get_csum(),
-                stateroot=d.get_osname(),
-                serial=d.get_deployserial(),
+                checksum=d.checksum,
+                stateroot=d.stateroot,
+                serial=d.serial,
                 version=commit.version,
                 timestamp=datetime.datetime.fromtimestamp(commit.timestamp, datetime.UTC).isoformat(),
-                input_hash=str(meta.get(ostree.META_INPUT_HASH, "")),
-                base_image=str(meta.get(ostree.META_BASE_IMAGE, "")),
-                base_digest=str(meta.get(ostree.META_BASE_DIGEST, "")),
-                systemfile_sha256=str(meta.get(ostree.META_SYSTEMFILE_SHA256, "")),
-                packages=len(meta.get(ostree.META_PACKAGES, [])),
-                kargs=tuple(sysroot.kargs(d)),
-                booted=booted is not None and booted.equal(d),
+                input_hash=meta.input_hash,
+                base_image=meta.base_image,
+                base_digest=meta.base_digest,
+                systemfile_sha256=meta.systemfile_sha256,
+                packages=len(meta.packages),
+                kargs=d.kargs,
+                booted=d.same(booted),
                 default=index == 0,
                 rollback=index == 1,
-                staged=d.is_staged(),
-                pinned=d.is_pinned(),
-                unlocked=d.unlocked_state_to_string(unlocked) if unlocked else "none",
+                staged=d.staged,
+                pinned=d.pinned,
+                unlocked=d.unlocked,
             )
         )
     from arkes import updates  # only here: it brings the whole build pipeline with it
 
-    report = updates.last(sysroot)
+    report = updates.last(target)
     last = None
     if report is not None:
         last = LastCheck(
@@ -88,15 +95,10 @@ def collect(sysroot: Sysroot) -> Status:
     return Status(str(sysroot.path), tuple(result), last)
 
 
-def to_json(status: Status) -> dict[str, Any]:
-    deployments = []
-    for d in status.deployments:
-        entry = asdict(d)
-        entry["kargs"] = list(d.kargs)
-        deployments.append(entry)
-    data: dict[str, Any] = {"apiVersion": API_VERSION, "sysroot": status.sysroot, "deployments": deployments}
-    if status.last_check is not None:
-        data["lastUpdateCheck"] = asdict(status.last_check)
+def to_json(status: Status) -> results.JSON:
+    data = results.document("Status", status)
+    if status.last_update_check is None:
+        del data["lastUpdateCheck"]
     return data
 
 
@@ -131,8 +133,8 @@ def render(status: Status) -> str:
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
         lines.append("")
-    if status.last_check is not None:
-        c = status.last_check
+    if status.last_update_check is not None:
+        c = status.last_update_check
         found = f"{c.updates} update(s) available" if c.updates else "no updates"
         errors = f", {c.errors} error(s)" if c.errors else ""
         lines.append(f"Last update check: {c.checked_at}: {found}{errors} (`os checkupdates` for details)")

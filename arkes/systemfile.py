@@ -706,7 +706,7 @@ class _Checker:
             elif lower in _READ:
                 self.builder(line, f"{where}: a value for {lower} (write {lower} alone)")
             values[lower] = expanded
-        for problem in _mount_problems(kind, values, bare):
+        for problem in _mount_problems(kind, values):
             self.error(line, f"{where}: {problem}")
         for key in sorted(
             (set(values) | bare) - _BUILDER_MOUNT_KEYS[kind] - {k for k in values if k not in _MOUNT_KEYS}
@@ -813,7 +813,7 @@ def _mount_field_problem(kind: str, key: str, value: str, item: str) -> str | No
     return None
 
 
-def _mount_problems(kind: str, values: Mapping[str, str], bare: set[str]) -> list[str]:
+def _mount_problems(kind: str, values: Mapping[str, str]) -> list[str]:
     """BuildKit's checks on a whole mount."""
     found = []
     if kind in ("bind", "tmpfs"):

@@ -13,15 +13,19 @@ import datetime
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arkes import __version__, build, deploy, log, packages, podman
+from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
-from arkes.ostree import Sysroot
+from arkes.records import Metadata
+from arkes.results import Finding, UpdateCheck
+from arkes.target import Target
 
-STATE_FILE = "lib/arkes/checkupdates.json"
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
+
+STATE_FILE = "checkupdates.json"  # in the machine's state directory
 POLICY_FILE = "updates.conf"
 POLICIES = {
     "check": "the daily timer only reports updates",
@@ -48,53 +52,18 @@ def automatic_policy(system_dir: Path) -> str:
     return policy
 
 
-@dataclass(frozen=True)
-class Finding:
-    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package
-    subject: str
-    old: str
-    new: str
-
-    def line(self) -> str:
-        if self.kind == "package":
-            return f"package {self.subject} {self.old} -> {self.new}"
-        if self.kind == "repository":
-            return f"repository {self.subject}: new release ({self.old} -> {self.new})"
-        if self.kind == "context":
-            return f"context {self.subject}: {self.new}"
-        return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
+def state_path(target: Target) -> Path:
+    return target.state_dir / STATE_FILE
 
 
-@dataclass(frozen=True)
-class Report:
-    checked_at: str
-    deployment: str
-    findings: tuple[Finding, ...]
-    errors: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": "arkes/v1",
-            "checkedAt": self.checked_at,
-            "deployment": self.deployment,
-            "updates": [asdict(f) | {"line": f.line()} for f in self.findings],
-            "errors": list(self.errors),
-        }
-
-
-def state_path(sysroot: Sysroot) -> Path:
-    return deploy.system_var(sysroot) / STATE_FILE
-
-
-def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]:
-    etc = deploy.system_etc(sysroot)
-    path = etc / "system/Systemfile"
+def _input_findings(target: Target, metadata: Metadata) -> list[Finding]:
+    path = target.system_dir / "Systemfile"
     findings = []
-    recorded_sf = str(metadata.get(build.META_SYSTEMFILE_SHA256, ""))
+    recorded_sf = metadata.systemfile_sha256
     current_sf = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
     if recorded_sf != current_sf:
         findings.append(Finding("systemfile", str(path), recorded_sf[:12], current_sf[:12] or "missing"))
-    recorded = {str(k): str(v) for k, v in metadata.get(build.META_CONTEXT, [])}
+    recorded = dict(metadata.context)
     current = dict(build.context_manifest(path.parent)) if path.parent.is_dir() else {}
     for name in sorted(set(recorded) | set(current)):
         if name in ("Systemfile", "kargs"):
@@ -105,19 +74,19 @@ def _input_findings(sysroot: Sysroot, metadata: dict[str, Any]) -> list[Finding]
             findings.append(Finding("context", name, "", "removed"))
         elif recorded[name] != current[name]:
             findings.append(Finding("context", name, "", "modified"))
-    recorded_kargs = " ".join(str(k) for k in metadata.get(build.META_MACHINE_KARGS, []))
-    current_kargs = " ".join(deploy.machine_kargs(etc / "system"))
+    recorded_kargs = " ".join(metadata.machine_kargs)
+    current_kargs = " ".join(target.kargs)
     if recorded_kargs != current_kargs:
-        findings.append(Finding("kargs", str(etc / "system/kargs"), recorded_kargs, current_kargs))
-    tool = str(metadata.get(build.META_TOOL_VERSION, ""))
+        findings.append(Finding("kargs", str(target.system_dir / "kargs"), recorded_kargs, current_kargs))
+    tool = metadata.tool_version
     if tool != __version__:
         findings.append(Finding("tool", "os", tool, __version__))
     return findings
 
 
-def _base_findings(metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
-    ref = str(metadata.get(build.META_BASE_IMAGE, ""))
-    recorded = str(metadata.get(build.META_BASE_DIGEST, ""))
+def _base_findings(metadata: Metadata, errors: list[str]) -> list[Finding]:
+    ref = metadata.base_image
+    recorded = metadata.base_digest
     if not ref:
         return []
     findings = []
@@ -153,8 +122,8 @@ def parse_upgradable(text: str) -> list[Finding]:
     return findings
 
 
-def _package_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
-    image = podman.build_tag(str(metadata.get(build.META_INPUT_HASH, "")), sysroot.system_id(create=False))
+def _package_findings(sysroot: Sysroot, metadata: Metadata, errors: list[str]) -> list[Finding]:
+    image = podman.build_tag(metadata.input_hash, sysroot.system_id(create=False))
     if not podman.image_exists(image):
         errors.append(f"the image of the default deployment ({image}) is not in container storage")
         return []
@@ -167,47 +136,48 @@ def _package_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[s
     return parse_upgradable(output)
 
 
-def _repository_findings(sysroot: Sysroot, metadata: dict[str, Any], errors: list[str]) -> list[Finding]:
+def _repository_findings(target: Target, metadata: Metadata, errors: list[str]) -> list[Finding]:
     """Repositories that published a new release since the default deployment was built (see arkes.packages)."""
-    recorded = packages.recorded(metadata.get(build.META_PACKAGE_INDEXES))
+    recorded = dict(metadata.package_indexes)
     if not recorded:
         return []
-    state = packages.fetch_state(recorded, cache=deploy.system_var(sysroot) / deploy.PACKAGE_CACHE)
+    state = packages.fetch_state(recorded, cache=target.package_cache)
     errors += [f"cannot reach a package repository: {problem}" for problem in state.unreachable]
     return [Finding("repository", url, recorded[url][:12], state.indexes[url][:12]) for url in state.changed(recorded)]
 
 
-def check(sysroot: Sysroot, *, packages: bool = True) -> Report:
+def check(target: Target, *, packages: bool = True) -> UpdateCheck:
+    sysroot = target.sysroot
     default = sysroot.default()
     if default is None:
         raise ArkesError(f"{sysroot.path} has no deployment to check")
-    metadata = sysroot.commit(default.get_csum()).metadata
+    metadata = sysroot.commit(default.checksum).metadata
     errors: list[str] = []
-    findings = _input_findings(sysroot, metadata)
+    findings = _input_findings(target, metadata)
     findings += _base_findings(metadata, errors)
     if packages:
-        findings += _repository_findings(sysroot, metadata, errors)
+        findings += _repository_findings(target, metadata, errors)
         findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    report = Report(now, default.get_csum(), tuple(findings), tuple(errors))
+    report = UpdateCheck(now, default.checksum, tuple(findings), tuple(errors))
     try:
-        _record(sysroot, report)
+        _record(target, report)
     except OSError as e:
         # A read-only sysroot can still be asked; only `os status` misses the report.
         log.warn(f"the report is not kept for `os status`: {e.strerror}: {e.filename}")
     return report
 
 
-def _record(sysroot: Sysroot, report: Report) -> None:
-    path = state_path(sysroot)
+def _record(target: Target, report: UpdateCheck) -> None:
+    path = state_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def last(sysroot: Sysroot) -> dict[str, Any] | None:
-    path = state_path(sysroot)
+def last(target: Target) -> dict[str, Any] | None:
+    path = state_path(target)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):

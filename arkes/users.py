@@ -33,7 +33,6 @@ _SET_FIELDS = {"group": (3,), "gshadow": (2, 3)}
 # Debian's ranges (adduser.conf, login.defs): dynamic system ids, then people.
 SYSTEM_IDS = range(100, 1000)
 PEOPLE_IDS = range(1000, 60000)
-SUBORDINATE_COUNT = 65536
 SUBORDINATE_START = 100000
 
 Entries = dict[str, list[str]]

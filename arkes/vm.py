@@ -13,20 +13,21 @@ import collections
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arkes import log, run
 from arkes.errors import ArkesError
+
+if TYPE_CHECKING:
+    import subprocess
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -293,13 +294,14 @@ class Guest:
         self.config = config
         self.work = work
         self.process: subprocess.Popen[bytes] | None = None
+        self._running = ExitStack()  # QEMU, stopped and reaped when it closes
         self.console: Console | None = None
         self.agent = Agent(work / "qga.sock")
 
     def start(self) -> None:
         _prepare(self.config, self.work)
         argv = qemu_argv(self.config, self.work, kvm=kvm_usable(), interactive=False)
-        self.process = run.spawn(argv, log_path=self.work / "qemu.log")
+        self.process = self._running.enter_context(run.spawned(argv, log_path=self.work / "qemu.log"))
         console_sock = self.work / "console.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + 30
@@ -381,20 +383,12 @@ class Guest:
             return
         with suppress(OSError):
             self.agent.shutdown()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        if not run.wait(self.process, timeout):
             log.warn("the guest did not power off in time; stopping QEMU")
 
     def stop(self) -> None:
         self.agent.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self._running.close()
         if self.console is not None:
             self.console.sock.close()
             self.console.closed.wait(timeout=5)

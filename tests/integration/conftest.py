@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,15 @@ class System:
         return self.path / "ostree/repo"
 
     def refs(self) -> list[str]:
+        """Each ref with the commit it points at."""
         out = subprocess.run(["ostree", "refs", f"--repo={self.repo}"], capture_output=True, text=True, check=True)
-        return sorted(out.stdout.split())
+        names = sorted(out.stdout.split())
+        if not names:
+            return []
+        parsed = subprocess.run(
+            ["ostree", "rev-parse", f"--repo={self.repo}", *names], capture_output=True, text=True, check=True
+        )
+        return [f"{name} {checksum}" for name, checksum in zip(names, parsed.stdout.split(), strict=True)]
 
     def fsck(self) -> None:
         result = subprocess.run(["ostree", "fsck", f"--repo={self.repo}"], capture_output=True, text=True, check=False)
@@ -91,6 +99,52 @@ def installed(factory: pytest.TempPathFactory, name: str, body: str, **files: st
     system = System(root / "sysroot")
     system.os("install", "--systemfile", str(write_systemfile(root / "source", body, **files)))
     return system
+
+
+def _system_id(repo: Path) -> str:
+    for line in (repo / "config").read_text().splitlines():
+        if line.startswith("system-id="):
+            return line.split("=", 1)[1].strip()
+    return ""
+
+
+def build_tags(system: System) -> list[str]:
+    """The tags of the build images in the host's storage that belong to `system` (see podman.build_tag)."""
+    tags = subprocess.run(
+        ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference=localhost/arkes-build"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    suffix = "-" + _system_id(system.repo)[:12]
+    return sorted(t for t in tags if t.endswith(suffix))
+
+
+def copied(template: System, destination: Path) -> System:
+    """A system of its own with the state of `template`: its sysroot copied (OSTree's hardlinks kept), a new
+    system id, and its build images tagged for that id as well, so that the copy is a system like any other."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(template.path), str(destination)], check=True)
+    copy = System(destination)
+    old = _system_id(copy.repo)
+    if old:
+        new = uuid.uuid4().hex
+        config = copy.repo / "config"
+        config.write_text(config.read_text().replace(f"system-id={old}", f"system-id={new}"))
+        for tag in build_tags(template):
+            subprocess.run(["podman", "tag", tag, tag.replace(f"-{old[:12]}", f"-{new[:12]}")], check=True)
+    return copy
+
+
+def discard(system: System) -> None:
+    """Remove a system made by `copied`, and the tags of its build images."""
+    for tag in build_tags(system):
+        # `podman untag IMAGE NAME` removes just that name; the image keeps the template's.
+        subprocess.run(["podman", "untag", tag, tag], check=False, capture_output=True)
+    deployments = list(system.path.glob("ostree/deploy/*/deploy/*"))
+    if deployments:
+        subprocess.run(["chattr", "-i", *map(str, deployments)], check=False)
+    shutil.rmtree(system.path, ignore_errors=True)
 
 
 def os_reaching(system: System, args: list[str], reached: Callable[[str], bool]) -> subprocess.Popen[str]:

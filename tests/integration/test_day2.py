@@ -116,11 +116,11 @@ def test_du_adds_up_with_du(system: System) -> None:
             ["du", "-sB1", str(system.repo / "objects")], capture_output=True, text=True, check=True
         ).stdout.split()[0]
     )
-    assert data["objects_bytes"] == measured
-    own_objects = sum(d["own"] for d in data["deployments"]) - data["etc_bytes"]
-    assert own_objects + data["shared_bytes"] + data["other_bytes"] == data["objects_bytes"]
+    assert data["objectsBytes"] == measured
+    own_objects = sum(d["own"] for d in data["deployments"]) - data["etcBytes"]
+    assert own_objects + data["sharedBytes"] + data["otherBytes"] == data["objectsBytes"]
     assert len(data["deployments"]) == len(system.status())
-    assert data["repo_bytes"] >= data["objects_bytes"]
+    assert data["repoBytes"] >= data["objectsBytes"]
 
 
 def test_kargs_reach_the_boot_entry(system: System) -> None:

@@ -1,18 +1,19 @@
-"""The life of a system, in order: install → upgrade with an /etc merge → no-op → build → rollback → revert →
-prune → pin. One sysroot for the module; each test continues from the state the previous one left."""
+"""The life of a system: install → upgrade with an /etc merge → no-op → build → rollback → revert → prune → pin.
+
+Each test gets a sysroot of its own, copied from one installed once (`fresh`) or from that one after its first
+upgrade (`upgraded`), so that any test runs alone and in any order."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, installed
+from tests.integration.conftest import System, build_tags, copied, discard, installed
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,47 @@ V1 = """
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Iterator[System]:
-    yield installed(tmp_path_factory, "lifecycle", V1, **{"hello.txt": "hello from the context\n"})
+def installed_once(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> System:
+    return installed(tmp_path_factory, "lifecycle", V1, **{"hello.txt": "hello from the context\n"})
+
+
+def local_changes_and_v2(system: System) -> None:
+    """What the first upgrade brings: local changes in /etc, and a Systemfile with new defaults and a /usr marker."""
+    etc = system.etc()
+    # Local changes: an edited default and an added file.
+    (etc / "arkes-test/edited.conf").write_text("local\n")
+    (etc / "arkes-test/added.conf").write_text("added\n")
+    # The person changes the declared system: new defaults in /etc and a marker under /usr.
+    systemfile = etc / "system/Systemfile"
+    text = systemfile.read_text()
+    text = text.replace("'v1\\n' > /etc/arkes-test/defaults.conf", "'v2\\n' > /etc/arkes-test/defaults.conf")
+    text = text.replace("'v1\\n' > /etc/arkes-test/edited.conf", "'v2\\n' > /etc/arkes-test/edited.conf")
+    text = text.replace("RUN post_build", "RUN echo marker > /usr/share/arkes-marker\nRUN post_build")
+    systemfile.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def upgraded_once(installed_once: System, tmp_path_factory: pytest.TempPathFactory) -> System:
+    system = copied(installed_once, tmp_path_factory.mktemp("upgraded") / "sysroot")
+    local_changes_and_v2(system)
+    system.os("upgrade")
+    return system
+
+
+@pytest.fixture
+def system(installed_once: System, tmp_path: Path) -> Iterator[System]:
+    """A system as `os install` left it."""
+    copy = copied(installed_once, tmp_path / "sysroot")
+    yield copy
+    discard(copy)
+
+
+@pytest.fixture
+def upgraded(upgraded_once: System, tmp_path: Path) -> Iterator[System]:
+    """A system after its first upgrade: two deployments, the newer one the default."""
+    copy = copied(upgraded_once, tmp_path / "sysroot")
+    yield copy
+    discard(copy)
 
 
 def today() -> str:
@@ -37,9 +77,9 @@ def test_install_deploys_one_default_deployment(system: System) -> None:
     (d,) = system.status()
     assert d["default"] and not d["booted"] and not d["pinned"]
     assert d["version"] == f"{today()}.1"
-    assert d["base_image"] == "localhost/arkes:base"
-    assert d["base_digest"].startswith("sha256:")
-    assert len(d["input_hash"]) == 64
+    assert d["baseImage"] == "localhost/arkes:base"
+    assert d["baseDigest"].startswith("sha256:")
+    assert len(d["inputHash"]) == 64
     assert d["packages"] > 100
     assert "console=ttyS0,115200" in d["kargs"]
 
@@ -64,35 +104,22 @@ def test_install_refuses_a_sysroot_that_holds_a_system(system: System) -> None:
 
 
 def test_noop_upgrade_builds_nothing(system: System) -> None:
+    # How fast it is, `make bench` measures; here: that it does nothing.
     before = system.snapshot()
-    start = time.monotonic()
     result = system.os("upgrade")
-    elapsed = time.monotonic() - start
     assert "up to date" in result.stderr
     assert "build" not in result.stderr.replace("up to date", "")
-    assert elapsed < 2.0, f"a no-op upgrade took {elapsed:.2f}s"
     assert system.snapshot() == before
 
 
 def test_upgrade_merges_etc(system: System) -> None:
-    etc = system.etc()
-    # Local changes: an edited default and an added file.
-    (etc / "arkes-test/edited.conf").write_text("local\n")
-    (etc / "arkes-test/added.conf").write_text("added\n")
-    # The person changes the declared system: new defaults in /etc and a marker under /usr.
-    systemfile = etc / "system/Systemfile"
-    text = systemfile.read_text()
-    text = text.replace("'v1\\n' > /etc/arkes-test/defaults.conf", "'v2\\n' > /etc/arkes-test/defaults.conf")
-    text = text.replace("'v1\\n' > /etc/arkes-test/edited.conf", "'v2\\n' > /etc/arkes-test/edited.conf")
-    text = text.replace("RUN post_build", "RUN echo marker > /usr/share/arkes-marker\nRUN post_build")
-    systemfile.write_text(text)
-
+    local_changes_and_v2(system)
     result = system.os("upgrade", "--json")
     assert '"deployed": true' in result.stdout
     new, old = system.status()
     assert new["default"] and old["rollback"]
     assert new["version"] == f"{today()}.2"
-    assert new["input_hash"] != old["input_hash"]
+    assert new["inputHash"] != old["inputHash"]
 
     new_dir, new_etc = system.deployment_dir(0), system.etc(0)
     assert (new_dir / "usr/share/arkes-marker").read_text() == "marker\n"
@@ -104,10 +131,10 @@ def test_upgrade_merges_etc(system: System) -> None:
     system.fsck()
 
 
-def test_second_upgrade_is_a_noop(system: System) -> None:
-    result = system.os("upgrade")
+def test_second_upgrade_is_a_noop(upgraded: System) -> None:
+    result = upgraded.os("upgrade")
     assert "up to date" in result.stderr
-    assert len(system.status()) == 2
+    assert len(upgraded.status()) == 2
 
 
 def test_build_commits_without_deploying(system: System) -> None:
@@ -123,23 +150,23 @@ def test_build_commits_without_deploying(system: System) -> None:
     assert rev.stdout.strip() == checksum
 
 
-def test_rollback_swaps_the_default(system: System) -> None:
-    first, second = (d["checksum"] for d in system.status())
-    system.os("rollback")
-    assert [d["checksum"] for d in system.status()] == [second, first]
-    system.os("rollback")
-    assert [d["checksum"] for d in system.status()] == [first, second]
+def test_rollback_swaps_the_default(upgraded: System) -> None:
+    first, second = (d["checksum"] for d in upgraded.status())
+    upgraded.os("rollback")
+    assert [d["checksum"] for d in upgraded.status()] == [second, first]
+    upgraded.os("rollback")
+    assert [d["checksum"] for d in upgraded.status()] == [first, second]
 
 
-def test_revert_removes_the_newest(system: System) -> None:
-    _newest, previous = system.status()
-    result = system.os("revert")
+def test_revert_removes_the_newest(upgraded: System) -> None:
+    _newest, previous = upgraded.status()
+    result = upgraded.os("revert")
     assert "removed deployment 0" in result.stderr
-    (only,) = system.status()
+    (only,) = upgraded.status()
     assert only["checksum"] == previous["checksum"] and only["default"]
-    again = system.os("revert", check=False)
+    again = upgraded.os("revert", check=False)
     assert again.returncode == 2 and "only one deployment" in again.stderr
-    system.fsck()
+    upgraded.fsck()
 
 
 def test_prune_keeps_newest_and_pinned(system: System) -> None:
@@ -163,7 +190,7 @@ def test_prune_keeps_newest_and_pinned(system: System) -> None:
     (only,) = system.status()
     assert only["checksum"] == deployments[0]["checksum"]
     system.fsck()
-    assert build_tags(system) == [f"{only['input_hash'][:16]}-{system_id(system)[:12]}"], (
+    assert build_tags(system) == [f"localhost/arkes-build:{only['inputHash'][:16]}-{system_id(system)[:12]}"], (
         "this system's build images that no deployment came from are removed"
     )
 
@@ -172,17 +199,6 @@ def system_id(system: System) -> str:
     config = (system.repo / "config").read_text()
     (line,) = [line for line in config.splitlines() if line.startswith("system-id=")]
     return line.split("=", 1)[1].strip()
-
-
-def build_tags(system: System | None = None) -> list[str]:
-    """Tags of build images in the host's storage: this system's, or every system's."""
-    tags = subprocess.run(
-        ["podman", "images", "--format", "{{.Tag}}", "--filter", "reference=localhost/arkes-build"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return sorted(t for t in tags if system is None or t.endswith("-" + system_id(system)[:12]))
 
 
 def test_prune_and_du_leave_other_systems_images_alone(
@@ -197,7 +213,7 @@ def test_prune_and_du_leave_other_systems_images_alone(
     empty.mkdir()
     subprocess.run(["ostree", "admin", "init-fs", "--modern", str(empty)], check=True, capture_output=True)
     du = json.loads(System(empty).os("du", "--json").stdout)
-    assert du["prune_image_bytes"] == 0, "a system that built nothing has no build images to prune"
+    assert du["pruneImageBytes"] == 0, "a system that built nothing has no build images to prune"
     system.os("prune", "--keep", "1")
     assert build_tags(other) == theirs, "pruning one system leaves the other's build images"
     other.os("prune", "--keep", "1")

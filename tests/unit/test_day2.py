@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from arkes import diff, updates
+from arkes import etc as etc_module
+from arkes import results, updates
+from arkes.records import Metadata
 
 APT = """\
 Listing...
@@ -26,9 +28,9 @@ def test_parse_upgradable() -> None:
 
 
 def test_finding_lines() -> None:
-    assert updates.Finding("context", "nginx.conf", "", "modified").line() == "context nginx.conf: modified"
-    assert updates.Finding("kargs", "/etc/system/kargs", "", "quiet").line() == "kargs /etc/system/kargs: - -> quiet"
-    line = updates.Finding("base-image", "localhost/arkes:base", "sha256:a", "sha256:b").line()
+    assert results.Finding("context", "nginx.conf", "", "modified").line() == "context nginx.conf: modified"
+    assert results.Finding("kargs", "/etc/system/kargs", "", "quiet").line() == "kargs /etc/system/kargs: - -> quiet"
+    line = results.Finding("base-image", "localhost/arkes:base", "sha256:a", "sha256:b").line()
     assert line == "base-image localhost/arkes:base: sha256:a -> sha256:b"
 
 
@@ -49,7 +51,7 @@ def test_etc_overlay(tmp_path: Path) -> None:
     (etc / "link").symlink_to("mine.conf")
     (defaults / "was-file").write_text("f\n")
     (etc / "was-file").mkdir()
-    changes = {(c.kind, c.name) for c in diff.etc_overlay(etc, defaults)}
+    changes = {(c.kind, c.name) for c in etc_module.overlay(etc, defaults)}
     assert changes == {
         ("removed", "/etc/gone.conf"),
         ("added", "/etc/mine.conf"),
@@ -69,12 +71,12 @@ def test_base_image_findings_local_and_registry(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(podman, "image_digest", lambda ref: "sha256:local")
     monkeypatch.setattr(podman, "registry_digest", lambda ref: "sha256:remote")
     errors: list[str] = []
-    meta = {"arkes.base-image": "quay.io/example/base:1", "arkes.base-digest": "sha256:recorded"}
+    meta = Metadata(base_image="quay.io/example/base:1", base_digest="sha256:recorded")
     findings = updates._base_findings(meta, errors)
     assert [f.line() for f in findings] == [
         "base-image quay.io/example/base:1: sha256:recorded -> sha256:local",
         "registry quay.io/example/base:1: sha256:recorded -> sha256:remote",
     ]
     assert errors == []
-    local = {"arkes.base-image": "localhost/arkes:base", "arkes.base-digest": "sha256:local"}
+    local = Metadata(base_image="localhost/arkes:base", base_digest="sha256:local")
     assert updates._base_findings(local, errors) == [], "a local image has no registry to ask"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,8 +61,8 @@ def test_json_matches_saved_output() -> None:
 
 
 def test_json_schema_fields() -> None:
-    data = status.to_json(MODEL)
-    assert data["apiVersion"] == "arkes/v1"
+    data: Any = status.to_json(MODEL)
+    assert data["apiVersion"] == "arkes/v1" and data["kind"] == "Status"
     first = data["deployments"][0]
     for key in (
         "index",
@@ -69,9 +70,9 @@ def test_json_schema_fields() -> None:
         "serial",
         "version",
         "timestamp",
-        "input_hash",
-        "base_image",
-        "base_digest",
+        "inputHash",
+        "baseImage",
+        "baseDigest",
         "booted",
         "default",
         "rollback",

@@ -212,3 +212,17 @@ def test_a_move_across_filesystems_keeps_owners_and_modes(tmp_path: Path) -> Non
         assert link.st_uid == 1000
     finally:
         shutil.rmtree(dst, ignore_errors=True)
+
+
+def test_commit_progress_counts_what_the_commit_filter_sees(tmp_path: Path) -> None:
+    # libostree calls the commit filter for the root, for each entry, and once more for each directory's metadata.
+    from arkes import build
+
+    (tmp_path / "a/b").mkdir(parents=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "a/f1").write_text("1")
+    (tmp_path / "a/b/f2").write_text("2")
+    (tmp_path / "la").symlink_to("a")
+    (tmp_path / "a/lf").symlink_to("f1")
+    # /, /la, /c twice, /a twice, /a/b twice, /a/b/f2, /a/lf, /a/f1: as the host's libostree reported it.
+    assert build.commit_entries(tmp_path) == 11

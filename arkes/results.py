@@ -1,0 +1,317 @@
+"""What each command found or did, as data: one frozen model per result, with its JSON document (`to_json`) and what
+people are shown (`render` for stdout, `said` for the lines on stderr), all pure functions of the model.
+
+Every document carries `apiVersion` and `kind`; every key is camelCase (`inputHash`, `upToDate`), the fields'
+names turned by `camel`. docs/json.md describes each kind. The status model, with its own renderer, is in
+arkes.status and follows the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+API_VERSION = "arkes/v1"
+
+JSON = dict[str, object]
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def plain(value: object) -> object:
+    """A model as JSON values: dataclasses and mappings become objects with camelCase keys, tuples lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {camel(f.name): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {camel(str(k)): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    return value
+
+
+def fields(value: object) -> JSON:
+    """A dataclass or mapping as a JSON object."""
+    found = plain(value)
+    assert isinstance(found, dict)
+    return found
+
+
+def document(kind: str, body: object) -> JSON:
+    return {"apiVersion": API_VERSION, "kind": kind, **fields(body)}
+
+
+def size(n: int) -> str:
+    """Bytes for people: 512 B, 3.4 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class Result:
+    """What every model has: a kind, a document, and what people see (nothing unless a model says more)."""
+
+    KIND: ClassVar[str]
+
+    def to_json(self) -> JSON:
+        return document(self.KIND, self)
+
+    def render(self) -> str:
+        return ""
+
+    def said(self) -> list[str]:
+        return []
+
+
+# --- os check ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check(Result):
+    KIND: ClassVar[str] = "Check"
+    path: str
+    valid: bool
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def render(self) -> str:
+        return "".join(f"{problem}\n" for problem in self.problems)
+
+    def said(self) -> list[str]:
+        return [f"warning: {w}" for w in self.warnings] + ([f"{self.path}: valid"] if self.valid else [])
+
+
+# --- install, build, upgrade ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome(Result):
+    """A system built (and deployed, or found up to date): what `os install`, `os build` and `os upgrade` did."""
+
+    KIND: ClassVar[str] = "Outcome"
+    checksum: str
+    version: str
+    deployed: bool
+    up_to_date: bool
+
+
+@dataclass(frozen=True)
+class Installed(Outcome):
+    KIND: ClassVar[str] = "Install"
+    path: str = ""  # the sysroot directory, or the disk
+    disk: bool = False
+
+    def said(self) -> list[str]:
+        return [f"installed version {self.version} ({self.checksum[:12]}) {'to' if self.disk else 'into'} {self.path}"]
+
+
+@dataclass(frozen=True)
+class Built(Outcome):
+    KIND: ClassVar[str] = "Build"
+
+    def render(self) -> str:
+        return f"{self.checksum}\n"
+
+
+@dataclass(frozen=True)
+class Upgraded(Outcome):
+    KIND: ClassVar[str] = "Upgrade"
+    download_only: bool = False
+
+    def said(self) -> list[str]:
+        if self.download_only and not self.up_to_date:
+            return [f"built version {self.version}; `os upgrade` deploys it without building again"]
+        return []
+
+
+# --- revert, rollback, pin, prune ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reverted(Result):
+    KIND: ClassVar[str] = "Revert"
+    removed: str  # the commit of the deployment removed
+    version: str
+
+    def said(self) -> list[str]:
+        return [f"removed deployment 0 (version {self.version}); the previous deployment is the default again"]
+
+
+@dataclass(frozen=True)
+class RolledBack(Result):
+    KIND: ClassVar[str] = "Rollback"
+    default: str  # the commit that is the default now
+    version: str
+    accounts: tuple[str, ...] = ()  # what the users-and-groups merge carried back
+
+    def said(self) -> list[str]:
+        return [*self.accounts, f"version {self.version} is now the default for the next boot"]
+
+
+@dataclass(frozen=True)
+class Pinned(Result):
+    KIND: ClassVar[str] = "Pin"
+    index: int
+    checksum: str
+    pinned: bool
+
+    def said(self) -> list[str]:
+        return [f"deployment {self.index} {'pinned' if self.pinned else 'unpinned'}"]
+
+
+@dataclass(frozen=True)
+class Pruned(Result):
+    KIND: ClassVar[str] = "Prune"
+    removed_deployments: tuple[str, ...]
+    pruned_objects: int
+    freed_repo_bytes: int
+    removed_images: tuple[str, ...]
+    freed_image_bytes: int
+
+    def said(self) -> list[str]:
+        return [
+            f"removed {len(self.removed_deployments)} deployment(s) and {self.pruned_objects} repository "
+            f"object(s), freeing {size(self.freed_repo_bytes)}; removed {len(self.removed_images)} stale build "
+            f"image(s) ({size(self.freed_image_bytes)})"
+        ]
+
+
+# --- du ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentUsage:
+    index: int
+    checksum: str
+    own: int  # objects only this deployment's commit reaches, plus its /etc
+    shared: int  # objects it shares with other deployments (counted once in `shared_bytes`)
+
+
+@dataclass(frozen=True)
+class Usage(Result):
+    KIND: ClassVar[str] = "DiskUsage"
+    repo_bytes: int  # the whole repository directory
+    objects_bytes: int  # repository objects
+    shared_bytes: int  # objects reached by more than one deployment
+    other_bytes: int  # objects no deployment reaches (later builds, unreferenced leftovers)
+    deployments: tuple[DeploymentUsage, ...]
+    etc_bytes: int  # every deployment's own /etc, included in their `own`
+    podman_bytes: int  # container storage used by images
+    prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
+    prune_image_bytes: int
+
+    def render(self) -> str:
+        lines = [f"repository            {size(self.repo_bytes):>10}  (objects {size(self.objects_bytes)})"]
+        for d in self.deployments:
+            lines.append(f"  deployment {d.index:<2}       {size(d.own):>10} only its own, {size(d.shared)} shared")
+        lines.append(f"  shared (counted once) {size(self.shared_bytes):>8}")
+        lines.append(f"  no deployment's      {size(self.other_bytes):>9}  (builds not deployed, leftovers)")
+        lines.append(f"container storage     {size(self.podman_bytes):>10}")
+        prune = f"{size(self.prune_bytes):>10}  + {size(self.prune_image_bytes)} of build images"
+        lines.append(f"os prune would free   {prune}")
+        return "".join(f"{line}\n" for line in lines)
+
+
+# --- diff ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """A path (or package) that differs: added, removed, modified (files) or changed (packages)."""
+
+    kind: str
+    name: str
+    old: str = ""
+    new: str = ""
+
+
+_MARKS = {"added": "+", "removed": "-", "modified": "M", "changed": "~"}
+
+
+@dataclass(frozen=True)
+class Diff(Result):
+    KIND: ClassVar[str] = "Diff"
+    of: str  # packages, files, etc or var
+    changes: tuple[Change, ...]
+
+    def render(self) -> str:
+        lines = []
+        for c in self.changes:
+            detail = ""
+            if self.of == "packages":
+                detail = f"  {c.old} -> {c.new}" if c.kind == "changed" else f"  {c.new or c.old}"
+            elif self.of == "var":
+                detail = f"  ({c.old})"
+            elif self.of == "etc" and c.old:
+                detail = f"  ({c.old} -> {c.new})"
+            lines.append(f"{_MARKS.get(c.kind, '?')} {c.name}{detail}\n")
+        return "".join(lines)
+
+    def said(self) -> list[str]:
+        return [] if self.changes else ["no differences"]
+
+
+# --- checkupdates --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package
+    subject: str
+    old: str
+    new: str
+
+    def line(self) -> str:
+        if self.kind == "package":
+            return f"package {self.subject} {self.old} -> {self.new}"
+        if self.kind == "repository":
+            return f"repository {self.subject}: new release ({self.old} -> {self.new})"
+        if self.kind == "context":
+            return f"context {self.subject}: {self.new}"
+        return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
+
+
+@dataclass(frozen=True)
+class UpdateCheck(Result):
+    KIND: ClassVar[str] = "UpdateCheck"
+    checked_at: str
+    deployment: str
+    findings: tuple[Finding, ...]
+    errors: tuple[str, ...]
+
+    def to_json(self) -> JSON:
+        updates = [fields(f) | {"line": f.line()} for f in self.findings]
+        body = {"checked_at": self.checked_at, "deployment": self.deployment, "updates": updates}
+        return document(self.KIND, body | {"errors": list(self.errors)})
+
+    def render(self) -> str:
+        return "".join(f"{f.line()}\n" for f in self.findings)
+
+    def said(self) -> list[str]:
+        return [] if self.findings or self.errors else ["no updates"]
+
+
+# --- images --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    digest: str
+    rebuilt: bool
+
+
+@dataclass(frozen=True)
+class Images(Result):
+    KIND: ClassVar[str] = "Images"
+    images: tuple[Image, ...]
+
+    def said(self) -> list[str]:
+        return [f"{i.ref}: {'built' if i.rebuilt else 'up to date'} ({i.digest[:19]})" for i in self.images]
