@@ -52,6 +52,11 @@ class BootEntry:
     initrd: str
     options: str
 
+    @property
+    def kernel(self) -> str:
+        """The version of the kernel that boots: /ostree/arkes-BOOTCSUM/vmlinuz-VERSION."""
+        return self.linux.rsplit("/", 1)[-1].removeprefix("vmlinuz-")
+
 
 @dataclass(frozen=True)
 class Deployment:

@@ -263,7 +263,7 @@ class Diff(Result):
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package
+    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package, kernel
     subject: str
     old: str
     new: str
@@ -271,11 +271,18 @@ class Finding:
     def line(self) -> str:
         if self.kind == "package":
             return f"package {self.subject} {self.old} -> {self.new}"
+        if self.kind == "kernel":
+            return f"kernel {_upstream(self.old)} -> {_upstream(self.new)} ({self.subject})"
         if self.kind == "repository":
             return f"repository {self.subject}: new release ({self.old} -> {self.new})"
         if self.kind == "context":
             return f"context {self.subject}: {self.new}"
         return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'}"
+
+
+def _upstream(version: str) -> str:
+    """A Debian kernel package's version without its Debian revision: 6.12.118-1 → 6.12.118."""
+    return version.rsplit("-", 1)[0] if "-" in version else version
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class Deployment:
     base_digest: str
     systemfile_sha256: str
     packages: int
+    kernel: str  # the version of the kernel the deployment boots
     kargs: tuple[str, ...]
     booted: bool
     default: bool
@@ -75,6 +76,7 @@ def collect(target: Target) -> Status:
                 base_digest=meta.base_digest,
                 systemfile_sha256=meta.systemfile_sha256,
                 packages=len(meta.packages),
+                kernel=d.boot.kernel if d.boot else meta.kernel,
                 kargs=d.kargs,
                 booted=d.same(booted),
                 default=index == 0,
@@ -131,6 +133,7 @@ def render(status: Status) -> str:
         lines.append(f"     base        {d.base_image or '-'} {d.base_digest or ''}".rstrip())
         lines.append(f"     input hash  {d.input_hash or '-'}")
         lines.append(f"     packages    {d.packages}")
+        lines.append(f"     kernel      {d.kernel or '-'}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
         lines.append("")
     if status.last_update_check is not None:

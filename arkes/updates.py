@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,10 @@ def _base_findings(metadata: Metadata, errors: list[str]) -> list[Finding]:
     return findings
 
 
+# linux-image-amd64, linux-image-rt-amd64, linux-image-cloud-amd64; not the versioned linux-image-6.12.N+deb13-amd64.
+_KERNEL_METAPACKAGE = re.compile(r"linux-image-(?:[a-z]+-)?(?:amd64|arm64|i386|ppc64el|s390x|armmp|686(?:-pae)?)")
+
+
 def parse_upgradable(text: str) -> list[Finding]:
     """`apt list --upgradable` lines: `name/suite new-version arch [upgradable from: old-version]`."""
     findings = []
@@ -118,7 +123,9 @@ def parse_upgradable(text: str) -> list[Finding]:
         if len(fields) < 2:
             continue
         name = fields[0].split("/", 1)[0]
-        findings.append(Finding("package", name, tail.rstrip("]").strip(), fields[1]))
+        # The flavour's metapackage moving (linux-image-amd64) is how Debian brings a new kernel: say so.
+        kind = "kernel" if _KERNEL_METAPACKAGE.fullmatch(name) else "package"
+        findings.append(Finding(kind, name, tail.rstrip("]").strip(), fields[1]))
     return findings
 
 

@@ -81,6 +81,9 @@ def test_install_deploys_one_default_deployment(system: System) -> None:
     assert d["baseDigest"].startswith("sha256:")
     assert len(d["inputHash"]) == 64
     assert d["packages"] > 100
+    (modules,) = (system.deployment_dir() / "usr/lib/modules").iterdir()
+    assert d["kernel"] == modules.name and d["kernel"].startswith("6.12."), "the kernel it boots"
+    assert f"kernel      {modules.name}" in system.os("status").stdout
     assert "console=ttyS0,115200" in d["kargs"]
 
 

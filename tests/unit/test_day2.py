@@ -15,6 +15,7 @@ APT = """\
 Listing...
 less/stable-security 590-2.1~deb12u2 amd64 [upgradable from: 590-2.1~deb12u1]
 libc6/stable 2.36-9+deb12u10 amd64 [upgradable from: 2.36-9+deb12u9]
+linux-image-amd64/stable-security 6.12.118-1 amd64 [upgradable from: 6.12.117-1]
 WARNING: apt does not have a stable CLI interface.
 """
 
@@ -24,7 +25,13 @@ def test_parse_upgradable() -> None:
     assert [f.line() for f in findings] == [
         "package less 590-2.1~deb12u1 -> 590-2.1~deb12u2",
         "package libc6 2.36-9+deb12u9 -> 2.36-9+deb12u10",
+        "kernel 6.12.117 -> 6.12.118 (linux-image-amd64)",
     ]
+    assert [f.kind for f in findings] == ["package", "package", "kernel"]
+    rt = updates.parse_upgradable("linux-image-rt-amd64/stable 6.12.118-1 amd64 [upgradable from: 6.12.117-1]\n")
+    assert rt[0].kind == "kernel"
+    versioned = "linux-image-6.12.118+deb13-amd64/stable 6.12.118-2 amd64 [upgradable from: 6.12.118-1]\n"
+    assert updates.parse_upgradable(versioned)[0].kind == "package"
 
 
 def test_finding_lines() -> None:

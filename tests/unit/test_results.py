@@ -59,6 +59,7 @@ MODELS: dict[str, results.Result] = {
         C,
         (
             results.Finding("package", "less", "668-1", "668-2"),
+            results.Finding("kernel", "linux-image-amd64", "6.12.117-1", "6.12.118-1"),
             results.Finding("repository", "http://deb.debian.org/debian/dists/trixie", "aaaa", "bbbb"),
         ),
         (),

@@ -27,6 +27,7 @@ def deployment(index: int, **overrides: object) -> status.Deployment:
         "base_digest": "sha256:" + "e" * 64,
         "systemfile_sha256": "f" * 64,
         "packages": 312,
+        "kernel": "6.12.118+deb13-amd64",
         "kargs": ("console=tty0", "console=ttyS0,115200"),
         "booted": False,
         "default": index == 0,
