@@ -226,6 +226,9 @@ def _name_package_changes(old: Metadata, new: Metadata) -> None:
     from arkes import diff
 
     changes = diff.package_changes(old, new)
+    if changes and changes[0].kind == "kernel":
+        log.info(f"kernel: {changes[0].old or '(none)'} -> {changes[0].new or '(none)'}")
+        changes = changes[1:]
     if not changes:
         log.info("packages: none change")
         return

@@ -50,9 +50,12 @@ def packages(sysroot: Sysroot, a: int, b: int) -> list[Change]:
 
 
 def package_changes(old_metadata: Metadata, new_metadata: Metadata) -> list[Change]:
-    """Packages added, removed or at another version between two commits (from their package lists)."""
+    """Packages added, removed or at another version between two commits (from their package lists); first, when
+    the kernel that boots is another one, that change as such (Debian names each kernel update a new package)."""
     old, new = dict(old_metadata.packages), dict(new_metadata.packages)
     changes = []
+    if old_metadata.kernel != new_metadata.kernel:
+        changes.append(Change("kernel", "kernel", old_metadata.kernel, new_metadata.kernel))
     for name in sorted(set(old) | set(new)):
         if name not in old:
             changes.append(Change("added", name, "", new[name]))

@@ -19,8 +19,17 @@ OSTREE_MARKERS = ("usr/lib/ostree/ostree-prepare-root", "usr/lib/systemd/system/
 
 
 def _kernel(root: Path) -> str | None:
-    if not tree.kernels(root):
+    found = tree.kernels(root)
+    if not found:
         return "no kernel: /usr/lib/modules/*/vmlinuz is missing (install linux-image-amd64)"
+    if len(found) > 1:
+        # post_build chooses one kernel, unless the image has two flavours and declares neither.
+        names = " and ".join(k.version for k in found)
+        flavour = found[-1].version.split("-", 1)[-1].removesuffix("-amd64") or found[-1].version
+        return (
+            f"more than one kernel would boot: {names}; choose one with `RUN set_kernel FLAVOUR` before "
+            f"`RUN post_build` (e.g. `set_kernel {flavour}`, or an exact version), or remove the other"
+        )
     return None
 
 

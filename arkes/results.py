@@ -232,7 +232,7 @@ class Change:
     new: str = ""
 
 
-_MARKS = {"added": "+", "removed": "-", "modified": "M", "changed": "~"}
+_MARKS = {"added": "+", "removed": "-", "modified": "M", "changed": "~", "kernel": "~"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,8 @@ class Diff(Result):
         for c in self.changes:
             detail = ""
             if self.of == "packages":
-                detail = f"  {c.old} -> {c.new}" if c.kind == "changed" else f"  {c.new or c.old}"
+                both = c.kind in ("changed", "kernel")
+                detail = f"  {c.old or '-'} -> {c.new or '-'}" if both else f"  {c.new or c.old}"
             elif self.of == "var":
                 detail = f"  ({c.old})"
             elif self.of == "etc" and c.old:

@@ -87,3 +87,16 @@ def test_missing_initramfs_is_named(tmp_path: Path) -> None:
     assert lint.failures(root) == [
         "initramfs: no initramfs for kernel 6.1.0-test (/usr/lib/modules/6.1.0-test/initramfs.img)"
     ]
+
+
+def test_two_kernels_are_refused_with_both_names_and_how_to_choose(tmp_path: Path) -> None:
+    root = bootable(tmp_path, gzip.compress(cpio(OSTREE_INITRAMFS)))
+    rt = root / "usr/lib/modules/6.12.118+deb13-rt-amd64"
+    rt.mkdir()
+    (rt / "vmlinuz").write_bytes(b"kernel")
+    (rt / "initramfs.img").write_bytes(gzip.compress(cpio(OSTREE_INITRAMFS)))
+    with pytest.raises(LintError) as caught:
+        lint.check(root)
+    message = str(caught.value)
+    assert "6.1.0-test and 6.12.118+deb13-rt-amd64" in message
+    assert "set_kernel rt" in message

@@ -43,6 +43,7 @@ MODELS: dict[str, results.Result] = {
     "diff-packages": results.Diff(
         "packages",
         (
+            results.Change("kernel", "kernel", "6.12.117+deb13-amd64", "6.12.118+deb13-amd64"),
             results.Change("changed", "arkes-hello", "1.0", "1.1"),
             results.Change("added", "tcpdump", "", "4.99.5-2"),
             results.Change("removed", "less", "668-1", ""),

@@ -10,10 +10,11 @@ from typing import Any
 from tests.integration.conftest import OS
 
 
-def install_disk(path: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(OS), "install", "--disk", str(path), "--no-root-password"], capture_output=True, text=True, check=False
-    )
+def install_disk(path: Path, systemfile: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [str(OS), "install", "--disk", str(path), "--no-root-password"]
+    if systemfile is not None:
+        command += ["--systemfile", str(systemfile)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     return result
 

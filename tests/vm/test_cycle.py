@@ -1,12 +1,14 @@
 """The life of an installed system, every state checked from inside a booted guest, on one disk (a boot costs
 about two minutes under TCG, so each boot checks all it can).
 
-install → boot (read-only /usr, writable /etc and /var, one booted deployment, the update timer, `os diff --etc`,
-a development unlock) → boot: the unlock is gone; in the guest change the Systemfile (heredocs, built by the
-guest's own Buildah to the same tree as this host's build), /etc and /var/home, `os upgrade` (staged), an /etc edit
-after staging → reboot into the new deployment (the edit reached it, the menu lists both) → boot the previous
-entry from the menu and `os revert` → boot with UEFI: the reverted system by default; a hotfix unlock → boot: the
-hotfix persists. A blank disk fails at once with the console's last lines.
+install a Systemfile that takes its kernel from trixie-backports → boot (that kernel runs, read-only /usr,
+writable /etc and /var, one booted deployment, the update timer, `os diff --etc`, a development unlock) → boot: the
+unlock is gone; in the guest go back to the image's own Systemfile (Debian's stable kernel) with additions
+(heredocs, built by the guest's own Buildah to the same tree as this host's build), change /etc and /var/home,
+`os upgrade` (staged), an /etc edit after staging → reboot into the new deployment (the stable kernel runs, the
+edit reached it, the menu lists both), `os rollback` → boot: the backports kernel again, `os rollback` → boot the
+previous entry from the menu and `os revert` → boot with UEFI: the reverted system by default; a hotfix unlock →
+boot: the hotfix persists. A blank disk fails at once with the console's last lines.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.vm.conftest import guest, install_disk, last_json
 pytestmark = pytest.mark.vm
 
 TIMINGS: dict[str, float] = {}
+KERNELS: dict[str, str] = {}  # the kernel version of each deployment, as the guest booted them
 
 FACTS = r"""
 fact() { printf '%s=%s\n' "$1" "$2"; }
@@ -42,7 +45,18 @@ fact homefile "$(cat /var/home/tester/file 2>/dev/null || echo absent)"
 fact after_staging "$(cat /etc/arkes-after-staging 2>/dev/null || echo absent)"
 fact hotfix "$(cat /usr/share/arkes-hotfix 2>/dev/null || echo absent)"
 fact menu "$(grep -c menuentry /boot/grub/grub.cfg)"
+fact kernel "$(uname -r)"
+fact kernel_package "$(dpkg-query -W -f '${Version}' "linux-image-$(uname -r)")"
 fact status "$(os status --json | tr -d '\n')"
+"""
+
+DEFAULT = Path(__file__).resolve().parents[2] / "image/base/overlay/etc/system/Systemfile"
+
+# The kernel from trixie-backports, with the same first layers as the integration test of kernels (a cache hit).
+BACKPORTS = """FROM localhost/arkes:base
+RUN add_package_repository backports http://deb.debian.org/debian trixie-backports main
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \\
+      -t trixie-backports linux-image-amd64 && apt-get clean && rm -rf /var/lib/apt/lists/*
 """
 
 # What the guest adds to its Systemfile: current syntax (heredocs), built by the guest's own Buildah.
@@ -77,6 +91,7 @@ CHANGE = (
     r"""
 set -e
 if [ -e /usr/share/arkes-dev ]; then echo dev-kept; else echo dev-gone; fi
+cp /usr/etc/system/Systemfile /etc/system/Systemfile
 cat >> /etc/system/Systemfile <<'ADDED'
 """
     + ADDED
@@ -97,8 +112,10 @@ os status --json | tr -d '\n'
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("vm") / "arkes.img"
+    source = tmp_path_factory.mktemp("backports")
+    (source / "Systemfile").write_text(BACKPORTS + DEFAULT.read_text().replace("FROM localhost/arkes:base\n", ""))
     start = time.monotonic()
-    result = install_disk(path)
+    result = install_disk(path, source / "Systemfile")
     TIMINGS["install"] = time.monotonic() - start
     assert "root has no password" in result.stderr
     yield path
@@ -133,6 +150,8 @@ def booted_index(found: dict[str, Any]) -> int:
 
 def test_a_installed_system_boots(disk: Path) -> None:
     found = facts(disk, "boot", then=DAY2)
+    assert "~bpo" in found["kernel_package"], f"the backports kernel runs: {found['kernel']} {found['kernel_package']}"
+    assert found["kernel"] == found["deployments"][0]["kernel"], "os status names the kernel that runs"
     assert found["usr"] == "readonly"
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
@@ -156,8 +175,7 @@ def test_b_upgrade_in_the_guest(disk: Path, tmp_path: Path) -> None:
     # The same Systemfile built on this host, by the same builder, is the same tree.
     source = tmp_path / "source"
     source.mkdir()
-    default = Path(__file__).resolve().parents[2] / "image/base/overlay/etc/system/Systemfile"
-    (source / "Systemfile").write_text(default.read_text() + ADDED)
+    (source / "Systemfile").write_text(DEFAULT.read_text() + ADDED)
     sysroot = tmp_path / "sysroot"
     start = time.monotonic()
     install = [str(OS), "--sysroot", str(sysroot), "install", "--systemfile", str(source / "Systemfile")]
@@ -175,8 +193,13 @@ def test_b_upgrade_in_the_guest(disk: Path, tmp_path: Path) -> None:
 
 
 def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
-    found = facts(disk, "reboot")
+    found = facts(disk, "reboot", then="fact rollback \"$(os rollback --json | tr -d '\\n')\"\n")
     assert booted_index(found) == 0
+    assert "~bpo" not in found["kernel_package"], f"the stable kernel runs: {found['kernel']}"
+    new, old = found["deployments"]
+    assert found["kernel"] == new["kernel"] != old["kernel"], "each deployment boots its own kernel"
+    KERNELS.update(stable=new["kernel"], backports=old["kernel"])
+    assert json.loads(found["rollback"])["default"] == old["checksum"], "os rollback makes the previous the default"
     assert found["marker"] == "marker"
     assert found["heredoc"] == "built from a heredoc"
     assert found["after_staging"] == "written after staging", "an /etc edit made after staging is kept"
@@ -186,7 +209,15 @@ def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     assert found["homefile"] == "kept"
 
 
-def test_d_previous_entry_then_revert(disk: Path) -> None:
+def test_d_a_rollback_boots_the_previous_kernel(disk: Path) -> None:
+    found = facts(disk, "rollback", then="os rollback >/dev/null && fact again yes\n")
+    assert found["kernel"] == KERNELS["backports"], "the rollback made the backports system the default"
+    assert found["marker"] == "absent"
+    assert booted_index(found) == 0
+    assert found["again"] == "yes", "and a second rollback makes the stable system the default again"
+
+
+def test_e_previous_entry_then_revert(disk: Path) -> None:
     result = boot(
         disk, FACTS + "os revert && echo reverted && os status --json | tr -d '\\n'", "revert", "--boot-entry", "1"
     )
@@ -196,7 +227,7 @@ def test_d_previous_entry_then_revert(disk: Path) -> None:
     assert len(after) == 1 and after[0]["booted"]
 
 
-def test_e_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
+def test_f_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
     hotfix = "os unlock --hotfix >/dev/null && echo fix > /usr/share/arkes-hotfix && fact hotfix_written yes\n"
     found = facts(disk, "boot-uefi", "--uefi", then=hotfix)
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
@@ -205,14 +236,14 @@ def test_e_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
     assert found["hotfix_written"] == "yes"
 
 
-def test_f_hotfix_persists_across_a_reboot(disk: Path) -> None:
+def test_g_hotfix_persists_across_a_reboot(disk: Path) -> None:
     found = facts(disk, "hotfix")
     assert found["hotfix"] == "fix"
     (booted,) = [d for d in found["deployments"] if d["booted"]]
     assert booted["unlocked"] == "hotfix"
 
 
-def test_g_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None:
+def test_h_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None:
     blank = tmp_path / "blank.img"
     blank.write_bytes(b"\0" * (16 * 1024 * 1024))
     result = subprocess.run(
