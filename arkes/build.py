@@ -13,7 +13,7 @@ import datetime
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,10 +179,13 @@ def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
     return f"{day}.{serial + 1}"
 
 
-def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = None) -> Result:
+def build(
+    sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = None, allow_secrets: Collection[str] = ()
+) -> Result:
     """Build the image, rewrite and check its tree, and commit it (moving BUILD_REF). Deploys nothing.
 
     `secrets` (id → file) reach `RUN --mount=type=secret` only: they are in no layer and no input of the hash.
+    `allow_secrets` names the private keys (by image path) the tree may hold; the commit records them.
     """
     labels = {
         "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
@@ -224,9 +227,16 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             podman.untag([tag])
             p = settled
         with log.step("rewrite"):
-            tree.rewrite(root)
+            stripped = tree.rewrite(root)
+        if stripped:
+            log.info(
+                f"removed {len(stripped)} identity file(s) from the image (each machine makes its own on its first "
+                f"boot): {', '.join(stripped)}"
+            )
         with log.step("check"):
-            lint.check(root)
+            allowed = lint.check(root, allow_secrets)
+        for path in allowed:
+            log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
         packages = tree.packages(root)
         image_kargs = tree.image_kargs(root)
         kernels = tree.kernels(root)
@@ -244,6 +254,7 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             package_state=p.package_state.digest,
             package_indexes=tuple(sorted(p.package_state.indexes.items())),
             kernel=kernels[-1].version if kernels else "",
+            allowed_secrets=tuple(allowed),
         )
         total = commit_entries(root)
         with log.step("commit") as progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,16 @@ def _secrets_arg(args: argparse.Namespace) -> dict[str, Path]:
     return secrets
 
 
+def _allowed_secrets_arg(args: argparse.Namespace) -> frozenset[str]:
+    """`--allow-secret PATH`: private keys the image may carry on purpose, by their path in the image."""
+    allowed = set()
+    for given in getattr(args, "allow_secret", None) or []:
+        if not given.startswith("/"):
+            raise UsageError(f"--allow-secret {given}: give the key's path in the image, e.g. /etc/ssl/private/x.key")
+        allowed.add(posixpath.normpath(given))
+    return frozenset(allowed)
+
+
 # --- verbs ----------------------------------------------------------------------------------------------------
 
 
@@ -118,13 +129,16 @@ def cli_install(args: argparse.Namespace) -> int:
             root_password=password,
             wipe=args.wipe,
             secrets=_secrets_arg(args),
+            allow_secrets=_allowed_secrets_arg(args),
         )
         show(args, results.Installed(**_outcome_fields(outcome), path=args.disk, disk=True))
         return 0
     path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
-    outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
+    outcome = deploy.install(
+        path, _systemfile_arg(args), secrets=_secrets_arg(args), allow_secrets=_allowed_secrets_arg(args)
+    )
     show(args, results.Installed(**_outcome_fields(outcome), path=str(path)))
     return 0
 
@@ -141,7 +155,13 @@ def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
 def cli_build(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    outcome = deploy.upgrade(open_target(args, writes=True), deploy=False, reuse=False, secrets=_secrets_arg(args))
+    outcome = deploy.upgrade(
+        open_target(args, writes=True),
+        deploy=False,
+        reuse=False,
+        secrets=_secrets_arg(args),
+        allow_secrets=_allowed_secrets_arg(args),
+    )
     show(args, results.Built(**_outcome_fields(outcome)))
     return 0
 
@@ -164,6 +184,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         deploy=not args.download_only,
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
+        allow_secrets=_allowed_secrets_arg(args),
     )
     show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
     if args.reboot and outcome.deployed:
@@ -266,6 +287,15 @@ def cli_revert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_rotate_host_keys(args: argparse.Namespace) -> int:
+    from arkes import identity
+
+    target = open_target(args)
+    keys = identity.rotate(target.system_etc, booted=target.booted)
+    show(args, results.HostKeys(tuple(keys)))
+    return 0
+
+
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
@@ -364,6 +394,13 @@ BUILD_OPTIONS = (
         metavar="ID=FILE",
         help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
         "and not an input of the build: a changed secret alone does not rebuild",
+    ),
+    opt(
+        "--allow-secret",
+        action="append",
+        metavar="PATH",
+        help="let the image carry this private key on purpose, named by its path in the image (repeatable); "
+        "a build whose tree holds any other private key is refused",
     ),
 )
 
@@ -522,6 +559,15 @@ VERBS: tuple[Verb, ...] = (
         "remove the newest deployment (index 0)",
         "Remove the newest deployment. Boot the previous deployment from the boot menu first:\n"
         "the running system is never removed.",
+        (JSON_OPTION,),
+    ),
+    Verb(
+        "rotate-host-keys",
+        cli_rotate_host_keys,
+        "replace this machine's SSH host keys with new ones made here",
+        "Remove /etc/ssh/ssh_host_*_key* and make every default key type again with ssh-keygen -A (on a\n"
+        "booted system the SSH server reloads them). For machines whose keys came with their image:\n"
+        "`os status` names them. Every later upgrade and rollback keeps the new keys.",
         (JSON_OPTION,),
     ),
     Verb(

@@ -14,7 +14,7 @@ import re
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +146,7 @@ def install_disk(
     root_password: str | None,
     wipe: bool = False,
     secrets: Mapping[str, Path] | None = None,
+    allow_secrets: Collection[str] = (),
 ) -> results.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
     # A Systemfile with errors is refused before the disk is touched.
@@ -170,7 +171,7 @@ def install_disk(
             with open(disk, "wb") as f:
                 f.truncate(parse_size(size))
         run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
-        return _install_partitions(disk, systemfile, root_password, secrets)
+        return _install_partitions(disk, systemfile, root_password, secrets, allow_secrets)
     except BaseException:
         if created:
             disk.unlink(missing_ok=True)
@@ -178,7 +179,11 @@ def install_disk(
 
 
 def _install_partitions(
-    disk: Path, systemfile: Path | None, root_password: str | None, secrets: Mapping[str, Path] | None
+    disk: Path,
+    systemfile: Path | None,
+    root_password: str | None,
+    secrets: Mapping[str, Path] | None,
+    allow_secrets: Collection[str],
 ) -> results.Outcome:
     parts = read_partitions(disk)
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
@@ -211,6 +216,7 @@ def _install_partitions(
             mountpoints=("boot",),
             customize=customize,
             secrets=secrets,
+            allow_secrets=allow_secrets,
         )
         copy_base_image(root)
         with log.step("sync"):

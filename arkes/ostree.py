@@ -51,6 +51,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "package_state": ("arkes.package-state", "s"),
     "package_indexes": ("arkes.package-indexes", "a(ss)"),
     "kernel": ("ostree.linux", "s"),
+    "allowed_secrets": ("arkes.allowed-secrets", "as"),
 }
 
 

@@ -30,6 +30,7 @@ class Metadata:
     package_state: str = ""
     package_indexes: tuple[tuple[str, str], ...] = ()  # (release URL, sha256) of every package repository
     kernel: str = ""  # the kernel version that boots (OSTree's own key)
+    allowed_secrets: tuple[str, ...] = ()  # private keys the image carries on purpose (--allow-secret)
 
 
 @dataclass(frozen=True)

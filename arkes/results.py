@@ -70,6 +70,31 @@ class Result:
         return []
 
 
+# --- os rotate-host-keys -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostKey:
+    path: str  # the public key, /etc/ssh/ssh_host_TYPE_key.pub
+    type: str  # ED25519, ECDSA, RSA
+    fingerprint: str  # SHA256:...
+
+
+@dataclass(frozen=True)
+class HostKeys(Result):
+    KIND: ClassVar[str] = "HostKeys"
+    keys: tuple[HostKey, ...]
+
+    def render(self) -> str:
+        return "".join(f"{k.type:<8} {k.fingerprint}  {k.path}\n" for k in self.keys)
+
+    def said(self) -> list[str]:
+        return [
+            "made new SSH host keys; clients that knew the old ones will warn once and must forget them "
+            "(ssh-keygen -R HOST)"
+        ]
+
+
 # --- os check ------------------------------------------------------------------------------------------------
 
 

@@ -48,12 +48,23 @@ class Status(results.Result):
     sysroot: str
     deployments: tuple[Deployment, ...]
     last_update_check: LastCheck | None = None
+    # The machine's identity files that came from an image, so other machines share them (see arkes.identity).
+    identity_from_image: tuple[str, ...] = ()
 
     def to_json(self) -> results.JSON:
         return to_json(self)
 
     def render(self) -> str:
         return render(self)
+
+    def said(self) -> list[str]:
+        if not self.identity_from_image:
+            return []
+        return [
+            f"warning: this machine's {', '.join(self.identity_from_image)} came with the image it was installed "
+            "from, so every machine installed from that image has the same; make new ones with "
+            "`os rotate-host-keys`"
+        ]
 
 
 def collect(target: Target) -> Status:
@@ -94,7 +105,13 @@ def collect(target: Target) -> Status:
         last = LastCheck(
             str(report.get("checkedAt", "")), len(report.get("updates", [])), len(report.get("errors", []))
         )
-    return Status(str(sysroot.path), tuple(result), last)
+    from arkes import identity
+
+    shared: list[str] = []
+    if target.etc is not None:
+        defaults = [sysroot.deployment_dir(d) / "usr/etc" for d in sysroot.deployments()]
+        shared = identity.from_image(target.etc, target.state_dir, defaults)
+    return Status(str(sysroot.path), tuple(result), last, tuple(shared))
 
 
 def to_json(status: Status) -> results.JSON:
