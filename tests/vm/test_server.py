@@ -90,6 +90,10 @@ fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
 fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
 fact hello "$(cat /usr/share/arkes-hello/version 2>/dev/null || echo absent)"
 fact timesyncd "$(systemctl is-enabled systemd-timesyncd)"
+# ssl-cert's certificate (PostgreSQL serves TLS with it): made on this machine at its first boot, then kept.
+fact snakeoil "$(sha256sum /etc/ssl/certs/ssl-cert-snakeoil.pem 2>/dev/null | cut -c1-16 || echo absent)"
+key=/etc/ssl/private/ssl-cert-snakeoil.key
+fact snakeoil_key "$(test -s $key && stat -c %G $key)"
 upgrade() {
     rc=0; os upgrade > /var/log/arkes-test-upgrade.log 2>&1 || rc=$?
     fact upgrade_rc "$rc"
@@ -202,6 +206,9 @@ def healthy(found: dict[str, Any]) -> None:
     assert found["shared_uid"] == "" and found["shared_gid"] == "", "no two names share an id"
     assert found["pg_owner"] == "postgres", "the database's files keep their owner"
     assert found["timesyncd"] == "disabled", "a unit the person disabled stays so"
+    assert found["snakeoil"] and found["snakeoil_key"] == "ssl-cert", "the machine made its own certificate"
+    first = CERTIFICATE.setdefault("first", found["snakeoil"])
+    assert found["snakeoil"] == first, "every upgrade keeps the machine's certificate"
 
 
 def upgraded(found: dict[str, Any]) -> None:
@@ -212,6 +219,7 @@ def upgraded(found: dict[str, Any]) -> None:
 
 
 SEEN: dict[str, dict[str, int]] = {}
+CERTIFICATE: dict[str, str] = {}  # the digest of the self-signed certificate the machine made
 
 
 def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepository, str]) -> None:
