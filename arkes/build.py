@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import __version__, builder, images, lint, log, packages, podman, tree
+from arkes import __version__, builder, images, layers, lint, log, packages, podman, tree
 from arkes.errors import UsageError
 from arkes.records import BUILD_REF, Metadata
 
@@ -219,7 +219,8 @@ def build(
             nice=True,
         )
     version = next_version(sysroot)
-    with podman.mounted_container(tag) as root:
+    with layers.checkout(sysroot, tag) as checkout:
+        root = checkout.root
         settled = _settle_packages(p, root)
         if settled is not p:
             # Named after what it was built against, so that the next upgrade finds it up to date.
@@ -255,6 +256,7 @@ def build(
             package_indexes=tuple(sorted(p.package_state.indexes.items())),
             kernel=kernels[-1].version if kernels else "",
             allowed_secrets=tuple(allowed),
+            layers=checkout.layers,
         )
         total = commit_entries(root)
         with log.step("commit") as progress:
@@ -264,6 +266,7 @@ def build(
                 metadata=metadata,
                 ref=BUILD_REF,
                 on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
+                known=checkout.known,
             )
     log.info(f"committed {checksum[:12]} (version {version})")
     return Result(checksum, version, p, tuple(image_kargs))

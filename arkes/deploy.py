@@ -333,6 +333,15 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             with log.step(f"remove {len(removed)} deployment(s)"):
                 sysroot.write_deployments(kept)
                 bootloader.write_menu(sysroot)
+        # Image layers stay committed while a kept deployment or the last build was made of them.
+        needed = {digest for d in sysroot.all_deployments() for digest in sysroot.commit(d.checksum).metadata.layers}
+        built = sysroot.resolve(BUILD_REF)
+        if built:
+            needed |= set(sysroot.commit(built).metadata.layers)
+        unused = sorted(set(sysroot.layers()) - needed)
+        if unused:
+            log.info(f"removing {len(unused)} image layer(s) no kept deployment is made of")
+            sysroot.remove_layers(unused)
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
         live = {sysroot.commit(d.checksum).metadata.input_hash for d in sysroot.deployments()}
@@ -344,7 +353,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
                 podman.untag(stale)
                 podman.prune_dangling()
             image_bytes = max(before - podman.storage_bytes(), 0)
-        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes)
+        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes, len(unused))
 
 
 def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:

@@ -5,12 +5,16 @@ Everything here reads OSTree's own data structures; nothing parses `ostree admin
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import signal
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -27,6 +31,93 @@ from arkes.records import BUILD_REF, ORIGIN_GROUP, STATEROOT, BootEntry, Commit,
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_AT_FDCWD = -100
+LAYER_REFS = "arkes/layers/"
+
+
+def layer_ref(digest: str) -> str:
+    return LAYER_REFS + digest.removeprefix("sha256:")
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Which files of a checkout are the repository's own objects (OSTree's device and inode cache)."""
+
+    cache: Any
+
+
+def _shadow_layer(diff: Path, shadow: Path, emptied: Sequence[str]) -> None:
+    """Make `shadow` the layer directory `diff` as OSTree can commit it: regular files and links hard-linked
+    (copied where the two are on different filesystems), directories made with the same owner, mode and
+    attributes (but the overlay driver's), whiteouts as `.wh.NAME` and opaque directories marked `.wh..wh..opq`."""
+    for directory, dirs, names in os.walk(diff):
+        relative = os.path.relpath(directory, diff)
+        target = shadow if relative == "." else shadow / relative
+        _copy_dir_meta(Path(directory), target)
+        for name in [*names, *(d for d in dirs if os.path.islink(os.path.join(directory, d)))]:
+            source = os.path.join(directory, name)
+            info = os.lstat(source)
+            path = os.path.normpath(os.path.join(relative, name))
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                _marker(target / (_WHITEOUT + name))
+            elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                try:
+                    os.link(source, target / name, follow_symlinks=False)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copy2(source, target / name, follow_symlinks=False)
+                    os.lchown(target / name, info.st_uid, info.st_gid)
+            elif path.split("/", 1)[0] not in emptied:
+                raise ArkesError(f"/{path} in the image is a device, pipe or socket, which OSTree cannot hold")
+
+
+def _copy_dir_meta(source: Path, target: Path) -> None:
+    target.mkdir()
+    info = source.lstat()
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+    for name in os.listxattr(source, follow_symlinks=False):
+        value = os.getxattr(source, name, follow_symlinks=False)
+        if not name.startswith(_OVERLAY_XATTRS):
+            os.setxattr(target, name, value, follow_symlinks=False)
+        elif name.endswith(".overlay.opaque") and value == b"y":
+            _marker(target / _OPAQUE)
+
+
+def _marker(path: Path) -> None:
+    path.write_bytes(b"")
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o644)
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """libostree built without the journal prints what it frees on stdout ("Freed objects: ..."), where `--json`
+    documents go: while it writes deployments, its stdout is our stderr."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextmanager
+def _scratch(sysroot: Path) -> Iterator[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="arkes-", dir=sysroot / "ostree/repo/tmp") as scratch:
+        yield scratch
+
 
 _SUFFIX = {
     OSTree.ObjectType.FILE: "file",
@@ -52,6 +143,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "package_indexes": ("arkes.package-indexes", "a(ss)"),
     "kernel": ("ostree.linux", "s"),
     "allowed_secrets": ("arkes.allowed-secrets", "as"),
+    "layers": ("arkes.layers", "as"),
 }
 
 
@@ -104,6 +196,11 @@ def _wrap(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
                 return func(*args, **kwargs)
             except GLib.Error as e:
                 raise _error(what, e) from e
+            except OSError as e:
+                # Python's own file operations here (the shadow of an image layer) fail the same ways.
+                if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise _error(what, GLib.Error(os.strerror(e.errno) + f": {e.filename}")) from e
+                raise
 
         return inner
 
@@ -311,11 +408,13 @@ class Sysroot:
         metadata: Metadata,
         ref: str,
         on_file: Callable[[int], None] | None = None,
+        known: Checkout | None = None,
     ) -> str:
         """Commit the directory `tree` in one transaction and point `ref` at it; return the checksum.
 
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
-        staging leftovers that the next transaction or prune removes.
+        staging leftovers that the next transaction or prune removes. `known`: `tree` is a checkout of layers
+        (checkout_layers), whose files that are still the repository's own are taken without reading them.
         """
         repo = self._repo
         count = [0]
@@ -327,6 +426,8 @@ class Sysroot:
             return OSTree.RepoCommitFilterResult.ALLOW
 
         modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter, None)
+        if known is not None:
+            modifier.set_devino_cache(known.cache)
         # Ctrl-C must not raise inside the filter callback (PyGObject would print and swallow it): it cancels the
         # walk instead, and the interruption is raised once libostree has returned.
         cancellable = Gio.Cancellable()
@@ -347,6 +448,74 @@ class Sysroot:
         finally:
             signal.signal(signal.SIGINT, previous)
         return str(checksum)
+
+    # --- image layers --------------------------------------------------------------------------------------
+
+    def layer_commit(self, digest: str) -> str | None:
+        """The commit of an image layer imported earlier (by its digest), or None."""
+        return self.resolve(layer_ref(digest))
+
+    @_wrap("importing an image layer")
+    def import_layer(self, digest: str, diff: Path, emptied: Sequence[str] = ()) -> str:
+        """Commit one image layer once, from its directory in container storage (overlay driver), under the ref
+        arkes/layers/HEX; return the commit. Its whiteouts become `.wh.NAME` files and its opaque directories
+        hold `.wh..wh..opq`, as in an OCI layer archive, and the overlay driver's own attributes are left out.
+        Device nodes, pipes and sockets cannot be in OSTree: below the top-level directories `emptied` (which
+        every system tree has emptied) they are left out, anywhere else they are an error."""
+        repo = self._repo
+        with _scratch(self.path) as scratch:
+            # OSTree commits regular files, links and directories only: it reads a copy of the layer made of
+            # hard links (no data is copied), in which whiteouts are files.
+            shadow = Path(scratch) / "layer"
+            _shadow_layer(diff, shadow, emptied)
+            repo.prepare_transaction(None)
+            try:
+                mtree = OSTree.MutableTree.new()
+                repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(shadow)), mtree, None, None)
+                _, root = repo.write_mtree(mtree, None)
+                metadata = GLib.Variant("a{sv}", {"arkes.layer-digest": GLib.Variant("s", digest)})
+                _, checksum = repo.write_commit(None, f"layer {digest}", None, metadata, root, None)
+                repo.transaction_set_ref(None, layer_ref(digest), checksum)
+                repo.commit_transaction(None)
+            except BaseException:
+                repo.abort_transaction(None)
+                raise
+        return str(checksum)
+
+    @_wrap("checking out image layers")
+    def checkout_layers(self, commits: Sequence[str], destination: Path) -> Checkout:
+        """Check out layer commits (bottom first) on top of each other into `destination`, with OCI semantics for
+        whiteouts, every regular file a hard link into the repository; returns what commit needs to take those
+        files without reading them. `destination` must be on the repository's filesystem (see scratch_dir)."""
+        cache = OSTree.RepoDevInoCache.new()
+        for commit in commits:
+            options = OSTree.RepoCheckoutAtOptions()
+            options.mode = OSTree.RepoCheckoutMode.NONE
+            options.overwrite_mode = OSTree.RepoCheckoutOverwriteMode.UNION_FILES
+            options.process_whiteouts = True
+            options.force_copy_zerosized = True
+            options.set_devino(cache)
+            self._repo.checkout_at(options, _AT_FDCWD, os.fspath(destination), commit, None)
+        return Checkout(cache)
+
+    @_wrap("listing image layers")
+    def layers(self) -> dict[str, str]:
+        """Every image layer committed here: its digest (sha256:...) and commit."""
+        _, refs = self._repo.list_refs(None, None)
+        found = {str(ref): str(commit) for ref, commit in refs.items() if str(ref).startswith(LAYER_REFS)}
+        return {"sha256:" + ref.removeprefix(LAYER_REFS): commit for ref, commit in found.items()}
+
+    @_wrap("removing image layers")
+    def remove_layers(self, digests: Sequence[str]) -> None:
+        """Drop the refs of layer commits; their objects go with the next prune unless something else has them."""
+        for digest in digests:
+            self._repo.set_ref_immediate(None, layer_ref(digest), None, None)
+
+    def scratch_dir(self) -> Path:
+        """A directory on the repository's filesystem for checkouts that hard-link its objects."""
+        path = self.path / "ostree/repo/tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # --- changing deployments ----------------------------------------------------------------------------
 
@@ -381,7 +550,8 @@ class Sysroot:
         if prepare is not None:
             prepare(self.path / str(self._sysroot.get_deployment_dirpath(native)))
         flags = OSTree.SysrootSimpleWriteDeploymentFlags.RETAIN
-        self._sysroot.simple_write_deployment(STATEROOT, native, merge, flags, None)
+        with _quiet_stdout():
+            self._sysroot.simple_write_deployment(STATEROOT, native, merge, flags, None)
         self.reload()
         return self._record(native)
 
@@ -460,7 +630,8 @@ class Sysroot:
     @_wrap("writing the deployment list")
     def write_deployments(self, deployments: Sequence[Deployment]) -> None:
         """Make `deployments` (in boot order, the first the default) the whole list; others are removed."""
-        self._sysroot.write_deployments([self._native(d) for d in deployments], None)
+        with _quiet_stdout():
+            self._sysroot.write_deployments([self._native(d) for d in deployments], None)
         self.reload()
 
     @_wrap("pinning")

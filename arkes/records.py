@@ -31,6 +31,7 @@ class Metadata:
     package_indexes: tuple[tuple[str, str], ...] = ()  # (release URL, sha256) of every package repository
     kernel: str = ""  # the kernel version that boots (OSTree's own key)
     allowed_secrets: tuple[str, ...] = ()  # private keys the image carries on purpose (--allow-secret)
+    layers: tuple[str, ...] = ()  # the digests of the image layers the tree was made from, bottom first
 
 
 @dataclass(frozen=True)

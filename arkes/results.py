@@ -199,12 +199,13 @@ class Pruned(Result):
     freed_repo_bytes: int
     removed_images: tuple[str, ...]
     freed_image_bytes: int
+    removed_layers: int = 0  # image layer commits no kept deployment was made of
 
     def said(self) -> list[str]:
         return [
-            f"removed {len(self.removed_deployments)} deployment(s) and {self.pruned_objects} repository "
-            f"object(s), freeing {size(self.freed_repo_bytes)}; removed {len(self.removed_images)} stale build "
-            f"image(s) ({size(self.freed_image_bytes)})"
+            f"removed {len(self.removed_deployments)} deployment(s), {self.removed_layers} image layer(s) and "
+            f"{self.pruned_objects} repository object(s), freeing {size(self.freed_repo_bytes)}; removed "
+            f"{len(self.removed_images)} stale build image(s) ({size(self.freed_image_bytes)})"
         ]
 
 
@@ -231,6 +232,8 @@ class Usage(Result):
     podman_bytes: int  # container storage used by images
     prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
     prune_image_bytes: int
+    layers: int = 0  # image layers committed (each once, shared by every deployment made of it)
+    layer_bytes: int = 0  # objects only layer commits reach (counted in `other_bytes`)
 
     def render(self) -> str:
         lines = [f"repository            {size(self.repo_bytes):>10}  (objects {size(self.objects_bytes)})"]
@@ -238,6 +241,7 @@ class Usage(Result):
             lines.append(f"  deployment {d.index:<2}       {size(d.own):>10} only its own, {size(d.shared)} shared")
         lines.append(f"  shared (counted once) {size(self.shared_bytes):>8}")
         lines.append(f"  no deployment's      {size(self.other_bytes):>9}  (builds not deployed, leftovers)")
+        lines.append(f"  {self.layers} image layer(s)   {size(self.layer_bytes):>9}  of it, only theirs")
         lines.append(f"container storage     {size(self.podman_bytes):>10}")
         prune = f"{size(self.prune_bytes):>10}  + {size(self.prune_image_bytes)} of build images"
         lines.append(f"os prune would free   {prune}")

@@ -107,7 +107,11 @@ def strip_identity(root: Path) -> list[str]:
                 removed.append("/" + str(path.relative_to(root)))
     machine_id = root / MACHINE_ID
     if machine_id.is_file() and not machine_id.is_symlink() and machine_id.stat().st_size:
+        # A new file, never a write into the old: the tree may be hard links into an OSTree repository.
+        mode = machine_id.stat().st_mode
+        machine_id.unlink()
         machine_id.write_bytes(b"")
+        machine_id.chmod(stat.S_IMODE(mode))
         removed.append("/" + MACHINE_ID)
     return removed
 
@@ -344,6 +348,7 @@ def _write_var_tmpfiles(root: Path) -> None:
         var.mkdir(exist_ok=True)
     out = root / TMPFILES
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)  # never written into: it may be a hard link into an OSTree repository
     out.write_text("\n".join(lines) + "\n")
 
 

@@ -104,7 +104,11 @@ def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
     return os_reaching(system, ["upgrade"], lambda line: line.startswith((f"{step}...", f"{step}: ")))
 
 
-@pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
+def without_layers(refs: list[str]) -> list[str]:
+    return [r for r in refs if not r.startswith("arkes/layers/")]
+
+
+@pytest.mark.parametrize("moment", ["build", "layers", "commit", "deploy"])
 def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, moment: str) -> None:
     before = system.snapshot()
     original = system.systemfile.read_text()
@@ -116,6 +120,11 @@ def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, mome
 
     after = system.snapshot()
     assert after[0] == before[0], "the previous deployment is intact and default"
+    # Each image layer is committed with its ref in one transaction: a killed import leaves no ref, and the ones
+    # that exist are whole (fsck below) and stay where they were.
+    layer_refs = [r for r in after[1] if r.startswith("arkes/layers/")]
+    assert set(layer_refs) >= {r for r in before[1] if r.startswith("arkes/layers/")}
+    after, before = (after[0], without_layers(after[1])), (before[0], without_layers(before[1]))
     if moment == "deploy":
         # The build was committed before the kill: the build ref may hold it (a complete commit, which the next
         # upgrade of the same inputs deploys without building again); every other ref is where it was.
