@@ -7,7 +7,7 @@ import json
 import os
 import posixpath
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -628,7 +628,22 @@ VERBS: tuple[Verb, ...] = (
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def _chosen_verb(argv: Sequence[str]) -> str | None:
+    """The verb a command line names, if it names one (global options come before it)."""
+    names = {verb.name for verb in VERBS}
+    words = iter(argv)
+    for word in words:
+        if word == "--sysroot":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in names else None
+    return None
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line of `os`. Given the arguments, only the verb they name is set up (a parser per verb costs
+    about a millisecond, which `os status` need not pay); every verb is there for `os --help` and for docs."""
+    chosen = _chosen_verb(argv) if argv is not None else None
     p = argparse.ArgumentParser(
         prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -637,6 +652,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
+        if chosen is not None and verb.name != chosen:
+            continue
         sub = subparsers.add_parser(
             verb.name,
             help=verb.help,

@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, deploy, images, log, results, run
+from arkes import bootloader, deploy, images, log, podman, results, run
 from arkes import systemfile as systemfile_module
 from arkes.errors import UsageError
 
@@ -124,14 +124,27 @@ def _set_root_password(etc: Path, password: str | None) -> None:
     os.chmod(shadow, stat.S_IMODE(mode))
 
 
-def copy_base_image(root: Path) -> None:
-    """Put the base image into the target's container storage, so the installed system rebuilds offline."""
+def copy_images(root: Path, checksum: str) -> None:
+    """Put the base image and the build cache of the installed system into the target's container storage: the
+    image it was built from and the image of each of its build steps (Buildah finds its cached layers there), so
+    the installed system rebuilds offline, and its first upgrade runs only the steps that changed."""
+    from arkes.ostree import Sysroot
+
+    sysroot = Sysroot.open(root)
+    tag = podman.build_tag(sysroot.commit(checksum).metadata.input_hash, sysroot.system_id(create=False))
+    steps = podman.parents(tag, until=images.BASE) if podman.image_exists(tag) else []
     storage = root / "ostree/deploy" / "arkes" / "var/lib/containers/storage"
     storage.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="arkes-runroot-") as runroot:
-        destination = f"containers-storage:[overlay@{storage}+{runroot}]{images.BASE}"
-        with log.step(f"copy {images.BASE} into the target's container storage"):
-            run.run(["podman", "push", "--quiet", images.BASE, destination], what="podman push")
+        store = f"containers-storage:[overlay@{storage}+{runroot}]"
+        with log.step(f"copy {images.BASE} and the build cache into the target's container storage") as progress:
+            run.run(["podman", "push", "--quiet", images.BASE, store + images.BASE], what="podman push")
+            # Bottom first: each step's layers are there when the next one is copied.
+            for i, image_id in enumerate(reversed(steps)):
+                progress.update((i + 1) / (len(steps) + 1), f"build step {i + 1}/{len(steps)}")
+                run.run(["podman", "push", "--quiet", image_id, f"{store}@{image_id}"], what="podman push")
+            if steps:
+                run.run(["podman", "push", "--quiet", tag, store + tag], what="podman push")
 
 
 def _is_block_device(path: Path) -> bool:
@@ -218,7 +231,7 @@ def _install_partitions(
             secrets=secrets,
             allow_secrets=allow_secrets,
         )
-        copy_base_image(root)
+        copy_images(root, outcome.checksum)
         with log.step("sync"):
             os.sync()
         return outcome

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from arkes import log, run, tree
+from arkes import log, tree
 from arkes.errors import UsageError
 from arkes.results import HostKey
 
@@ -92,6 +92,8 @@ def from_image(etc: Path, state_dir: Path, defaults: Iterable[Path]) -> list[str
 
 
 def fingerprints(etc: Path) -> list[HostKey]:
+    from arkes import run  # not for `os status`, which reads this module
+
     keys = []
     for key in sorted(etc.glob(HOST_KEYS + ".pub")):
         printed = run.run(["ssh-keygen", "-l", "-f", key], what="ssh-keygen").stdout.split()
@@ -108,6 +110,8 @@ def rotate(etc: Path, *, booted: bool) -> list[HostKey]:
     for path in etc.glob(HOST_KEYS + "*"):
         path.unlink()
     # ssh-keygen -A makes every default key type; -f names the root it makes them under.
+    from arkes import run
+
     argv: list[str | Path] = ["ssh-keygen", "-A"]
     if not booted:
         argv += ["-f", etc.parent]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -97,11 +98,12 @@ def collect(target: Target) -> Status:
                 unlocked=d.unlocked,
             )
         )
-    from arkes import updates  # only here: it brings the whole build pipeline with it
-
-    report = updates.last(target)
     last = None
-    if report is not None:
+    try:
+        report = json.loads(target.update_check.read_text())
+    except (OSError, ValueError):
+        report = None
+    if isinstance(report, dict):
         last = LastCheck(
             str(report.get("checkedAt", "")), len(report.get("updates", [])), len(report.get("errors", []))
         )

@@ -16,6 +16,7 @@ update and the package's system user are there, no id shared, no failed unit, `o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -230,6 +231,9 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepo
     assert found["failed"] == "" and found["state"] == "running"
     assert found["bob_login"] == "bob:/home/bob:w"
     upgraded(found)
+    # The install copied the build cache onto the disk: the guest's first build runs only the lines it added.
+    (cache,) = re.findall(r"build: (\d+) of (\d+) steps from the cache", found["upgrade"])
+    assert int(cache[0]) >= 3, f"ENV, setup_machine and the package installation come from the cache: {cache}"
     SEEN["uids"], SEEN["gids"] = ids(found["ids"]), ids(found["gids"])
     assert "postgres" in SEEN["uids"] and "bob" in SEEN["uids"] and "carol" not in SEEN["uids"]
 
