@@ -32,6 +32,7 @@ from tests.vm.conftest import guest
 pytestmark = pytest.mark.vm
 
 TIMINGS: dict[str, float] = {}
+UPGRADE_STEPS: list[dict[str, float]] = []  # each guest upgrade's steps and their seconds
 
 SYSTEMFILE = """FROM localhost/arkes:base
 ENV SYSTEM_HOSTNAME=server SYSTEM_TIMEZONE=Etc/UTC SYSTEM_LOCALE=C.UTF-8 SYSTEM_KEYMAP=us
@@ -176,6 +177,8 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     TIMINGS["install"] = time.monotonic() - start
     yield path
     print("\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    for i, steps in enumerate(UPGRADE_STEPS, 1):
+        print(f"guest upgrade {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
     if request.session.testsfailed > failed_before:
         print(f"the disk is kept for a look at what failed: os vm {path}")
     else:
@@ -214,6 +217,9 @@ def healthy(found: dict[str, Any]) -> None:
 
 def upgraded(found: dict[str, Any]) -> None:
     said = found["upgrade"].replace("|", "\n")
+    # Where an upgrade's time goes inside the guest, step by step (printed with the timings at the end).
+    steps = re.findall(r"^([a-z][\w -]*): done \(([\d.]+)s\)$", said, re.MULTILINE)
+    UPGRADE_STEPS.append({step: float(seconds) for step, seconds in steps})
     assert found["upgrade_rc"] == "0", said
     assert "it becomes active on the next boot" in said, said
     assert "CRITICAL" not in said and "Traceback" not in said, said
