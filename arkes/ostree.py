@@ -50,30 +50,64 @@ class Checkout:
     cache: Any
 
 
-def _shadow_layer(diff: Path, shadow: Path, emptied: Sequence[str]) -> None:
-    """Make `shadow` the layer directory `diff` as OSTree can commit it: regular files and links hard-linked
-    (copied where the two are on different filesystems), directories made with the same owner, mode and
-    attributes (but the overlay driver's), whiteouts as `.wh.NAME` and opaque directories marked `.wh..wh..opq`."""
-    for directory, dirs, names in os.walk(diff):
+def _dirty_dirs(diff: Path, emptied: Sequence[str]) -> set[str]:
+    """The directories of a layer that OSTree cannot read as they are (relative, "" the top), and their parents:
+    those holding whiteouts (character devices 0/0) or, below `emptied`, device nodes, pipes or sockets, and
+    those carrying the overlay driver's attributes (an opaque directory). Anything else special is an error."""
+    dirty: set[str] = set()
+    for directory, _dirs, names in os.walk(diff):
         relative = os.path.relpath(directory, diff)
-        target = shadow if relative == "." else shadow / relative
-        _copy_dir_meta(Path(directory), target)
-        for name in [*names, *(d for d in dirs if os.path.islink(os.path.join(directory, d)))]:
-            source = os.path.join(directory, name)
-            info = os.lstat(source)
-            path = os.path.normpath(os.path.join(relative, name))
-            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
-                _marker(target / (_WHITEOUT + name))
-            elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                try:
-                    os.link(source, target / name, follow_symlinks=False)
-                except OSError as e:
-                    if e.errno != errno.EXDEV:
-                        raise
-                    shutil.copy2(source, target / name, follow_symlinks=False)
-                    os.lchown(target / name, info.st_uid, info.st_gid)
-            elif path.split("/", 1)[0] not in emptied:
+        relative = "" if relative == "." else relative
+        flagged = any(x.startswith(_OVERLAY_XATTRS) for x in os.listxattr(directory, follow_symlinks=False))
+        for name in names:
+            info = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                continue
+            flagged = True
+            path = os.path.join(relative, name)
+            if not (stat.S_ISCHR(info.st_mode) and info.st_rdev == 0) and path.split("/", 1)[0] not in emptied:
                 raise ArkesError(f"/{path} in the image is a device, pipe or socket, which OSTree cannot hold")
+        while flagged and relative not in dirty:
+            dirty.add(relative)
+            if not relative:
+                break
+            relative = os.path.dirname(relative)
+    return dirty
+
+
+def _write_layer_dir(repo: Any, diff: Path, relative: str, mtree: Any, scratch: Path, dirty: set[str]) -> None:
+    """Fill `mtree` with the layer directory `relative`: read by OSTree straight from container storage where it
+    can be, else through a small stand-in directory with the same owner, mode and attributes (but the overlay
+    driver's), its files copied, whiteouts as `.wh.NAME`, an opaque directory marked `.wh..wh..opq`."""
+    source = diff / relative
+    if relative not in dirty:
+        repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(source)), mtree, None, None)
+        return
+    stand_in = scratch / f"dir-{len(list(scratch.iterdir()))}"
+    _copy_dir_meta(source, stand_in)
+    subdirs = []
+    for entry in os.scandir(source):
+        info = entry.stat(follow_symlinks=False)
+        target = stand_in / entry.name
+        if stat.S_ISDIR(info.st_mode):
+            subdirs.append(entry.name)
+        elif stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            _marker(stand_in / (_WHITEOUT + entry.name))
+        elif stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(entry.path), target)
+            os.lchown(target, info.st_uid, info.st_gid)
+        elif stat.S_ISREG(info.st_mode):
+            shutil.copy2(entry.path, target)
+            os.chown(target, info.st_uid, info.st_gid)
+            os.chmod(target, stat.S_IMODE(info.st_mode))  # chown drops setuid and setgid bits
+            for name in os.listxattr(target):
+                if name.startswith(_OVERLAY_XATTRS):
+                    os.removexattr(target, name)
+        # else a device node below an emptied directory: left out (see _dirty_dirs)
+    repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(stand_in)), mtree, None, None)
+    for name in subdirs:
+        _, sub = mtree.ensure_dir(name)
+        _write_layer_dir(repo, diff, os.path.join(relative, name), sub, scratch, dirty)
 
 
 def _copy_dir_meta(source: Path, target: Path) -> None:
@@ -463,15 +497,12 @@ class Sysroot:
         Device nodes, pipes and sockets cannot be in OSTree: below the top-level directories `emptied` (which
         every system tree has emptied) they are left out, anywhere else they are an error."""
         repo = self._repo
+        dirty = _dirty_dirs(diff, emptied)
         with _scratch(self.path) as scratch:
-            # OSTree commits regular files, links and directories only: it reads a copy of the layer made of
-            # hard links (no data is copied), in which whiteouts are files.
-            shadow = Path(scratch) / "layer"
-            _shadow_layer(diff, shadow, emptied)
             repo.prepare_transaction(None)
             try:
                 mtree = OSTree.MutableTree.new()
-                repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(shadow)), mtree, None, None)
+                _write_layer_dir(repo, diff, "", mtree, Path(scratch), dirty)
                 _, root = repo.write_mtree(mtree, None)
                 metadata = GLib.Variant("a{sv}", {"arkes.layer-digest": GLib.Variant("s", digest)})
                 _, checksum = repo.write_commit(None, f"layer {digest}", None, metadata, root, None)
