@@ -267,6 +267,7 @@ def build(
                 ref=BUILD_REF,
                 on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
                 known=checkout.known,
+                refs=checkout.refs,
             )
     log.info(f"committed {checksum[:12]} (version {version})")
     return Result(checksum, version, p, tuple(image_kargs))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arkes import log, podman, tree
+from arkes.records import layer_ref
 
 if TYPE_CHECKING:
     from arkes.ostree import Checkout, Sysroot
@@ -55,6 +56,7 @@ class Tree:
     root: Path
     known: Checkout | None
     layers: tuple[str, ...]  # the digests of the layers it was checked out from
+    refs: dict[str, str]  # the refs of layers imported for it (set with the system commit), to their commits
 
 
 @contextmanager
@@ -65,12 +67,12 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
     if layers is None:
         log.debug(f"{ref}: not in overlay storage, committing its mounted tree")
         with podman.mounted_container(ref) as root:
-            yield Tree(root, None, ())
+            yield Tree(root, None, (), {})
         return
     scratch = sysroot.scratch_dir()
     _remove_stale(scratch)
     commits = []
-    imported = 0
+    imported: dict[str, str] = {}
     with log.step("layers") as progress:
         for i, layer in enumerate(layers):
             commit = sysroot.layer_commit(layer.digest)
@@ -78,14 +80,14 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
                 label = f"importing layer {i + 1}/{len(layers)} ({layer.digest.removeprefix('sha256:')[:12]})"
                 progress.update(i / len(layers), label)
                 commit = sysroot.import_layer(layer.digest, layer.diff, tree.EMPTIED)
-                imported += 1
+                imported[layer_ref(layer.digest)] = commit
             commits.append(commit)
-    log.info(f"layers: {len(layers)}, {imported} imported, {len(layers) - imported} already committed")
+    log.info(f"layers: {len(layers)}, {len(imported)} imported, {len(layers) - len(imported)} already committed")
     work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch))
     try:
         with log.step("checkout"):
             known = sysroot.checkout_layers(commits, work / "root")
-        yield Tree(work / "root", known, tuple(layer.digest for layer in layers))
+        yield Tree(work / "root", known, tuple(layer.digest for layer in layers), imported)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,7 +27,17 @@ __all__ = ["BUILD_REF", "STATEROOT", "BootEntry", "Commit", "Deployment", "Metad
 
 from arkes import log  # noqa: E402
 from arkes.errors import ArkesError, LockedError  # noqa: E402
-from arkes.records import BUILD_REF, ORIGIN_GROUP, STATEROOT, BootEntry, Commit, Deployment, Metadata  # noqa: E402
+from arkes.records import (  # noqa: E402
+    BUILD_REF,
+    LAYER_REFS,
+    ORIGIN_GROUP,
+    STATEROOT,
+    BootEntry,
+    Commit,
+    Deployment,
+    Metadata,
+    layer_ref,
+)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -36,11 +46,6 @@ _OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _AT_FDCWD = -100
-LAYER_REFS = "arkes/layers/"
-
-
-def layer_ref(digest: str) -> str:
-    return LAYER_REFS + digest.removeprefix("sha256:")
 
 
 @dataclass(frozen=True)
@@ -443,12 +448,14 @@ class Sysroot:
         ref: str,
         on_file: Callable[[int], None] | None = None,
         known: Checkout | None = None,
+        refs: Mapping[str, str] | None = None,
     ) -> str:
         """Commit the directory `tree` in one transaction and point `ref` at it; return the checksum.
 
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
         staging leftovers that the next transaction or prune removes. `known`: `tree` is a checkout of layers
         (checkout_layers), whose files that are still the repository's own are taken without reading them.
+        `refs` (name → commit) are set in the same transaction.
         """
         repo = self._repo
         count = [0]
@@ -473,6 +480,8 @@ class Sysroot:
             _, root = repo.write_mtree(mtree, cancellable)
             _, checksum = repo.write_commit(None, subject, None, _metadata_variant(metadata), root, cancellable)
             repo.transaction_set_ref(None, ref, checksum)
+            for name, commit in (refs or {}).items():
+                repo.transaction_set_ref(None, name, commit)
             repo.commit_transaction(cancellable)
         except BaseException as e:
             repo.abort_transaction(None)
@@ -491,11 +500,14 @@ class Sysroot:
 
     @_wrap("importing an image layer")
     def import_layer(self, digest: str, diff: Path, emptied: Sequence[str] = ()) -> str:
-        """Commit one image layer once, from its directory in container storage (overlay driver), under the ref
-        arkes/layers/HEX; return the commit. Its whiteouts become `.wh.NAME` files and its opaque directories
-        hold `.wh..wh..opq`, as in an OCI layer archive, and the overlay driver's own attributes are left out.
-        Device nodes, pipes and sockets cannot be in OSTree: below the top-level directories `emptied` (which
-        every system tree has emptied) they are left out, anywhere else they are an error."""
+        """Commit one image layer, from its directory in container storage (overlay driver); return the commit.
+
+        Its ref (arkes/layers/HEX, layer_ref) is set with the system commit made of it (write_commit's `refs`), so
+        a build that is refused or killed leaves no ref behind, and a half-written layer is never found. Its
+        whiteouts become `.wh.NAME` files and its opaque directories hold `.wh..wh..opq`, as in an OCI layer
+        archive, and the overlay driver's own attributes are left out. Device nodes, pipes and sockets cannot be
+        in OSTree: below the top-level directories `emptied` (which every system tree has emptied) they are left
+        out, anywhere else they are an error."""
         repo = self._repo
         dirty = _dirty_dirs(diff, emptied)
         with _scratch(self.path) as scratch:
@@ -506,7 +518,6 @@ class Sysroot:
                 _, root = repo.write_mtree(mtree, None)
                 metadata = GLib.Variant("a{sv}", {"arkes.layer-digest": GLib.Variant("s", digest)})
                 _, checksum = repo.write_commit(None, f"layer {digest}", None, metadata, root, None)
-                repo.transaction_set_ref(None, layer_ref(digest), checksum)
                 repo.commit_transaction(None)
             except BaseException:
                 repo.abort_transaction(None)

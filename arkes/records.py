@@ -12,6 +12,13 @@ STATEROOT = "arkes"
 BUILD_REF = "arkes/build"
 ORIGIN_GROUP = "arkes"
 
+LAYER_REFS = "arkes/layers/"  # each image layer's commit, by digest (see arkes.layers)
+
+
+def layer_ref(digest: str) -> str:
+    """The ref of an image layer's commit: arkes/layers/HEX."""
+    return LAYER_REFS + digest.removeprefix("sha256:")
+
 
 @dataclass(frozen=True)
 class Metadata:
