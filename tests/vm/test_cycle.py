@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import OS
-from tests.vm.conftest import guest, install_disk, last_json
+from tests.vm.conftest import guest, install_disk, last_json, report
 
 pytestmark = pytest.mark.vm
 
@@ -114,7 +114,7 @@ os status --json | tr -d '\n'
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("vm") / "arkes.img"
     source = tmp_path_factory.mktemp("backports")
     (source / "Systemfile").write_text(BACKPORTS + DEFAULT.read_text().replace("FROM localhost/arkes:base\n", ""))
@@ -125,8 +125,8 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert "root has no password" in result.stderr
     yield path
     used = int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
-    print("\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
-    print(f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
+    report(request, "\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    report(request, f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
     path.unlink()
 
 

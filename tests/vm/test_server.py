@@ -27,7 +27,7 @@ import pytest
 
 from tests.integration.aptrepo import AptRepository, hello_repository
 from tests.integration.conftest import OS
-from tests.vm.conftest import guest
+from tests.vm.conftest import guest, report
 
 pytestmark = pytest.mark.vm
 
@@ -176,9 +176,9 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     assert result.returncode == 0, result.stderr
     TIMINGS["install"] = time.monotonic() - start
     yield path
-    print("\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    report(request, "\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
     for i, steps in enumerate(UPGRADE_STEPS, 1):
-        print(f"guest upgrade {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
+        report(request, f"guest upgrade {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
     if request.session.testsfailed > failed_before:
         print(f"the disk is kept for a look at what failed: os vm {path}")
     else:
