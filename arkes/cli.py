@@ -10,11 +10,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arkes import __version__, log, results, status
+from arkes import __version__, log, model, status
 from arkes.errors import UsageError
 from arkes.target import Target, given_path, is_booted_root
+
+if TYPE_CHECKING:
+    from arkes.results import Outcome
 
 DESCRIPTION = """\
 Arkēs: the whole system is declared in one Containerfile, the Systemfile (/etc/system/Systemfile).
@@ -34,14 +37,14 @@ def emit(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def show(args: argparse.Namespace, model: results.Result) -> None:
+def show(args: argparse.Namespace, result: model.Result) -> None:
     """A command's result: what people are told on stderr, then its document (--json) or its view on stdout."""
-    for line in model.said():
+    for line in result.said():
         log.info(line)
     if getattr(args, "json", False):
-        emit(model.to_json())
+        emit(result.to_json())
     else:
-        sys.stdout.write(model.render())
+        sys.stdout.write(result.render())
 
 
 def open_target(args: argparse.Namespace, *, writes: bool = False) -> Target:
@@ -81,7 +84,7 @@ def _allowed_secrets_arg(args: argparse.Namespace) -> frozenset[str]:
 
 
 def cli_check(args: argparse.Namespace) -> int:
-    from arkes import podman, systemfile
+    from arkes import podman, results, systemfile
 
     if args.path:
         path = Path(args.path)
@@ -116,7 +119,7 @@ def _root_password(args: argparse.Namespace) -> str | None:
 
 
 def cli_install(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
     if args.disk:
         from arkes import diskimage
@@ -143,7 +146,7 @@ def cli_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
+def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
     return {
         "checksum": outcome.checksum,
         "version": outcome.version,
@@ -153,7 +156,7 @@ def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
 
 
 def cli_build(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
     outcome = deploy.upgrade(
         open_target(args, writes=True),
@@ -167,7 +170,7 @@ def cli_build(args: argparse.Namespace) -> int:
 
 
 def cli_upgrade(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
     if args.check:
         return cli_checkupdates(args)
@@ -210,7 +213,7 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
 
 
 def cli_diff(args: argparse.Namespace) -> int:
-    from arkes import diff
+    from arkes import diff, results
 
     target = open_target(args)
     sysroot = target.sysroot
@@ -288,7 +291,7 @@ def cli_revert(args: argparse.Namespace) -> int:
 
 
 def cli_rotate_host_keys(args: argparse.Namespace) -> int:
-    from arkes import identity
+    from arkes import identity, results
 
     target = open_target(args)
     keys = identity.rotate(target.system_etc, booted=target.booted)
@@ -318,7 +321,7 @@ def cli_pin(args: argparse.Namespace) -> int:
 
 
 def cli_images(args: argparse.Namespace) -> int:
-    from arkes import images
+    from arkes import images, results
 
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman

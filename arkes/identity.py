@@ -15,10 +15,13 @@ import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import log, tree
 from arkes.errors import UsageError
-from arkes.results import HostKey
+
+if TYPE_CHECKING:
+    from arkes.results import HostKey
 
 # The identity files of tree.IDENTITY that live in /etc, relative to it.
 ETC_IDENTITY = tuple(p.removeprefix("etc/") for p in tree.IDENTITY if p.startswith("etc/"))
@@ -93,6 +96,7 @@ def from_image(etc: Path, state_dir: Path, defaults: Iterable[Path]) -> list[str
 
 def fingerprints(etc: Path) -> list[HostKey]:
     from arkes import run  # not for `os status`, which reads this module
+    from arkes.results import HostKey
 
     keys = []
     for key in sorted(etc.glob(HOST_KEYS + ".pub")):

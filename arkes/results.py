@@ -8,67 +8,17 @@ arkes.status and follows the same rules.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-API_VERSION = "arkes/v1"
-
-JSON = dict[str, object]
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def plain(value: object) -> object:
-    """A model as JSON values: dataclasses and mappings become objects with camelCase keys, tuples lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {camel(f.name): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {camel(str(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [plain(v) for v in value]
-    return value
-
-
-def fields(value: object) -> JSON:
-    """A dataclass or mapping as a JSON object."""
-    found = plain(value)
-    assert isinstance(found, dict)
-    return found
-
-
-def document(kind: str, body: object) -> JSON:
-    return {"apiVersion": API_VERSION, "kind": kind, **fields(body)}
-
-
-def size(n: int) -> str:
-    """Bytes for people: 512 B, 3.4 MiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-class Result:
-    """What every model has: a kind, a document, and what people see (nothing unless a model says more)."""
-
-    KIND: ClassVar[str]
-
-    def to_json(self) -> JSON:
-        return document(self.KIND, self)
-
-    def render(self) -> str:
-        return ""
-
-    def said(self) -> list[str]:
-        return []
-
+from arkes.model import API_VERSION as API_VERSION
+from arkes.model import JSON as JSON
+from arkes.model import Result as Result
+from arkes.model import camel as camel
+from arkes.model import document as document
+from arkes.model import fields as fields
+from arkes.model import plain as plain
+from arkes.model import size as size
 
 # --- os rotate-host-keys -------------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-from arkes import results
+from arkes import model
 from arkes.target import Target
 
-API_VERSION = results.API_VERSION
+API_VERSION = model.API_VERSION
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
-class Status(results.Result):
+class Status(model.Result):
     KIND: ClassVar[str] = "Status"
     sysroot: str
     deployments: tuple[Deployment, ...]
@@ -52,7 +52,7 @@ class Status(results.Result):
     # The machine's identity files that came from an image, so other machines share them (see arkes.identity).
     identity_from_image: tuple[str, ...] = ()
 
-    def to_json(self) -> results.JSON:
+    def to_json(self) -> model.JSON:
         return to_json(self)
 
     def render(self) -> str:
@@ -116,8 +116,8 @@ def collect(target: Target) -> Status:
     return Status(str(sysroot.path), tuple(result), last, tuple(shared))
 
 
-def to_json(status: Status) -> results.JSON:
-    data = results.document("Status", status)
+def to_json(status: Status) -> model.JSON:
+    data = model.document("Status", status)
     if status.last_update_check is None:
         del data["lastUpdateCheck"]
     return data
