@@ -15,7 +15,7 @@ import pytest
 
 from arkes import podman, tree
 from arkes.ostree import Sysroot
-from tests.integration.conftest import System, build_tags, copied, discard, installed
+from tests.integration.conftest import System, build_tags, installed, own_copy
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,7 @@ def installed_once(tmp_path_factory: pytest.TempPathFactory, base_image: str) ->
 
 @pytest.fixture
 def system(installed_once: System, tmp_path: Path) -> Iterator[System]:
-    copy = copied(installed_once, tmp_path / "sysroot")
-    yield copy
-    discard(copy)
+    yield from own_copy(installed_once, tmp_path)
 
 
 def listing(system: System, rev: str) -> list[str]:
