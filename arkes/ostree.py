@@ -115,6 +115,39 @@ def _write_layer_dir(repo: Any, diff: Path, relative: str, mtree: Any, scratch: 
         _write_layer_dir(repo, diff, os.path.join(relative, name), sub, scratch, dirty)
 
 
+def _merge_layer(repo: Any, mtree: Any, contents: str, meta: str, relative: str, marked: set[str] | None) -> None:
+    """Lay the layer directory (`contents`, `meta`) over `mtree`: its entries replace what is there, `.wh.NAME`
+    removes NAME, `.wh..wh..opq` empties the directory first. A directory new to the union with no whiteouts in it
+    (`marked`: where the layer has them; None: unknown) is taken whole, without reading it."""
+    mtree.set_metadata_checksum(meta)
+    _, tree = repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
+    files, dirs = tree.unpack()
+    if any(name == _OPAQUE for name, _ in files):
+        for name in [*mtree.get_files(), *mtree.get_subdirs()]:
+            mtree.remove(name, False)
+    for name, checksum in files:
+        if name == _OPAQUE:
+            continue
+        if name.startswith(_WHITEOUT):
+            mtree.remove(name.removeprefix(_WHITEOUT), True)
+            continue
+        if name in mtree.get_subdirs():
+            mtree.remove(name, False)
+        mtree.replace_file(name, bytes(checksum).hex())
+    for name, sub_contents, sub_meta in dirs:
+        path = os.path.join(relative, name)
+        if name in mtree.get_files():
+            mtree.remove(name, False)
+        existing = mtree.get_subdirs().get(name)
+        if existing is None:
+            _, sub = mtree.ensure_dir(name)
+            if marked is not None and path not in marked:
+                sub.fill_empty_from_dirtree(repo, bytes(sub_contents).hex(), bytes(sub_meta).hex())
+                continue
+            existing = sub
+        _merge_layer(repo, existing, bytes(sub_contents).hex(), bytes(sub_meta).hex(), path, marked)
+
+
 def _copy_dir_meta(source: Path, target: Path) -> None:
     target.mkdir()
     info = source.lstat()
@@ -516,7 +549,14 @@ class Sysroot:
                 mtree = OSTree.MutableTree.new()
                 _write_layer_dir(repo, diff, "", mtree, Path(scratch), dirty)
                 _, root = repo.write_mtree(mtree, None)
-                metadata = GLib.Variant("a{sv}", {"arkes.layer-digest": GLib.Variant("s", digest)})
+                # Where it has whiteouts (the directories that do and their parents): a union reads only those.
+                metadata = GLib.Variant(
+                    "a{sv}",
+                    {
+                        "arkes.layer-digest": GLib.Variant("s", digest),
+                        "arkes.layer-marked": GLib.Variant("as", sorted(dirty)),
+                    },
+                )
                 _, checksum = repo.write_commit(None, f"layer {digest}", None, metadata, root, None)
                 repo.commit_transaction(None)
             except BaseException:
@@ -526,18 +566,33 @@ class Sysroot:
 
     @_wrap("checking out image layers")
     def checkout_layers(self, commits: Sequence[str], destination: Path) -> Checkout:
-        """Check out layer commits (bottom first) on top of each other into `destination`, with OCI semantics for
-        whiteouts, every regular file a hard link into the repository; returns what commit needs to take those
-        files without reading them. `destination` must be on the repository's filesystem (see scratch_dir)."""
+        """Check out the union of layer commits (bottom first, with OCI semantics for whiteouts and opaque
+        directories) into `destination`, every regular file a hard link into the repository; returns what commit
+        needs to take those files without reading them. `destination` must be on the repository's filesystem
+        (see scratch_dir). The union is made in OSTree's tree objects, untouched directories taken whole, and
+        checked out once."""
+        repo = self._repo
+        repo.prepare_transaction(None)
+        try:
+            mtree = OSTree.MutableTree.new()
+            for commit in commits:
+                _, variant, _ = repo.load_commit(commit)
+                marked_value = variant.get_child_value(0).unpack().get("arkes.layer-marked")
+                marked = set(marked_value) if isinstance(marked_value, list) else None
+                contents = bytes(variant.get_child_value(6).unpack()).hex()
+                meta = bytes(variant.get_child_value(7).unpack()).hex()
+                _merge_layer(repo, mtree, contents, meta, "", marked)
+            _, root = repo.write_mtree(mtree, None)
+            _, union = repo.write_commit(None, "layers", None, None, root, None)
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
         cache = OSTree.RepoDevInoCache.new()
-        for commit in commits:
-            options = OSTree.RepoCheckoutAtOptions()
-            options.mode = OSTree.RepoCheckoutMode.NONE
-            options.overwrite_mode = OSTree.RepoCheckoutOverwriteMode.UNION_FILES
-            options.process_whiteouts = True
-            options.force_copy_zerosized = True
-            options.set_devino(cache)
-            self._repo.checkout_at(options, _AT_FDCWD, os.fspath(destination), commit, None)
+        options = OSTree.RepoCheckoutAtOptions()
+        options.force_copy_zerosized = True
+        options.set_devino(cache)
+        repo.checkout_at(options, _AT_FDCWD, os.fspath(destination), union, None)
         return Checkout(cache)
 
     @_wrap("listing image layers")
