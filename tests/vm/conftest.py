@@ -46,7 +46,9 @@ def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 def report(request: pytest.FixtureRequest, line: str) -> None:
     """A line for the person running the tests (timings of the guest), shown even when output is captured."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
