@@ -11,7 +11,8 @@ from arkes.errors import ArkesError, ValidationError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cli.parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = cli.parser(argv).parse_args(argv)
     log.setup(args.debug)
     try:
         code: int = args.func(args)

@@ -13,12 +13,12 @@ import datetime
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import __version__, builder, images, lint, log, packages, podman, tree
+from arkes import __version__, builder, images, layers, lint, log, packages, podman, tree
 from arkes.errors import UsageError
 from arkes.records import BUILD_REF, Metadata
 
@@ -179,10 +179,13 @@ def next_version(sysroot: Sysroot, today: datetime.date | None = None) -> str:
     return f"{day}.{serial + 1}"
 
 
-def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = None) -> Result:
+def build(
+    sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = None, allow_secrets: Collection[str] = ()
+) -> Result:
     """Build the image, rewrite and check its tree, and commit it (moving BUILD_REF). Deploys nothing.
 
     `secrets` (id → file) reach `RUN --mount=type=secret` only: they are in no layer and no input of the hash.
+    `allow_secrets` names the private keys (by image path) the tree may hold; the commit records them.
     """
     labels = {
         "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
@@ -216,7 +219,8 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             nice=True,
         )
     version = next_version(sysroot)
-    with podman.mounted_container(tag) as root:
+    with layers.checkout(sysroot, tag) as checkout:
+        root = checkout.root
         settled = _settle_packages(p, root)
         if settled is not p:
             # Named after what it was built against, so that the next upgrade finds it up to date.
@@ -224,9 +228,16 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             podman.untag([tag])
             p = settled
         with log.step("rewrite"):
-            tree.rewrite(root)
+            stripped = tree.rewrite(root)
+        if stripped:
+            log.info(
+                f"removed {len(stripped)} identity file(s) from the image (each machine makes its own on its first "
+                f"boot): {', '.join(stripped)}"
+            )
         with log.step("check"):
-            lint.check(root)
+            allowed = lint.check(root, allow_secrets)
+        for path in allowed:
+            log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
         packages = tree.packages(root)
         image_kargs = tree.image_kargs(root)
         kernels = tree.kernels(root)
@@ -244,6 +255,8 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
             package_state=p.package_state.digest,
             package_indexes=tuple(sorted(p.package_state.indexes.items())),
             kernel=kernels[-1].version if kernels else "",
+            allowed_secrets=tuple(allowed),
+            layers=checkout.layers,
         )
         total = commit_entries(root)
         with log.step("commit") as progress:
@@ -253,6 +266,8 @@ def build(sysroot: Sysroot, p: Plan, *, secrets: Mapping[str, Path] | None = Non
                 metadata=metadata,
                 ref=BUILD_REF,
                 on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
+                known=checkout.known,
+                refs=checkout.refs,
             )
     log.info(f"committed {checksum[:12]} (version {version})")
     return Result(checksum, version, p, tuple(image_kargs))

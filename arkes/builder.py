@@ -177,10 +177,16 @@ def build(
     argv += ["-f", file_arg, "-t", tag, context_arg]
     command = ["buildah", *argv] if builder.native else [*_container(builder, mounts, nice=nice), *argv]
 
+    steps, cached = [0], [0]
+
     def on_line(line: str) -> None:
         step = _step(line)
-        if step and on_step:
-            on_step(*step)
+        if step:
+            steps[0] += 0 if " FROM " in line.upper() else 1  # a FROM is no step to run or to take from the cache
+            if on_step:
+                on_step(*step)
+        elif line.startswith("--> Using cache "):
+            cached[0] += 1
 
     try:
         run.stream(
@@ -199,6 +205,7 @@ def build(
         raise
     finally:
         marker.unlink(missing_ok=True)
+    log.info(f"build: {cached[0]} of {steps[0]} steps from the cache, {steps[0] - cached[0]} run")
 
 
 def _interrupt_container() -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arkes import __version__, log, results, status
+from arkes import __version__, log, model, status
 from arkes.errors import UsageError
 from arkes.target import Target, given_path, is_booted_root
+
+if TYPE_CHECKING:
+    from arkes.results import Outcome
 
 DESCRIPTION = """\
 Arkēs: the whole system is declared in one Containerfile, the Systemfile (/etc/system/Systemfile).
@@ -33,14 +37,14 @@ def emit(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def show(args: argparse.Namespace, model: results.Result) -> None:
+def show(args: argparse.Namespace, result: model.Result) -> None:
     """A command's result: what people are told on stderr, then its document (--json) or its view on stdout."""
-    for line in model.said():
+    for line in result.said():
         log.info(line)
     if getattr(args, "json", False):
-        emit(model.to_json())
+        emit(result.to_json())
     else:
-        sys.stdout.write(model.render())
+        sys.stdout.write(result.render())
 
 
 def open_target(args: argparse.Namespace, *, writes: bool = False) -> Target:
@@ -66,11 +70,21 @@ def _secrets_arg(args: argparse.Namespace) -> dict[str, Path]:
     return secrets
 
 
+def _allowed_secrets_arg(args: argparse.Namespace) -> frozenset[str]:
+    """`--allow-secret PATH`: private keys the image may carry on purpose, by their path in the image."""
+    allowed = set()
+    for given in getattr(args, "allow_secret", None) or []:
+        if not given.startswith("/"):
+            raise UsageError(f"--allow-secret {given}: give the key's path in the image, e.g. /etc/ssl/private/x.key")
+        allowed.add(posixpath.normpath(given))
+    return frozenset(allowed)
+
+
 # --- verbs ----------------------------------------------------------------------------------------------------
 
 
 def cli_check(args: argparse.Namespace) -> int:
-    from arkes import podman, systemfile
+    from arkes import podman, results, systemfile
 
     if args.path:
         path = Path(args.path)
@@ -105,7 +119,7 @@ def _root_password(args: argparse.Namespace) -> str | None:
 
 
 def cli_install(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
     if args.disk:
         from arkes import diskimage
@@ -118,18 +132,21 @@ def cli_install(args: argparse.Namespace) -> int:
             root_password=password,
             wipe=args.wipe,
             secrets=_secrets_arg(args),
+            allow_secrets=_allowed_secrets_arg(args),
         )
         show(args, results.Installed(**_outcome_fields(outcome), path=args.disk, disk=True))
         return 0
     path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
-    outcome = deploy.install(path, _systemfile_arg(args), secrets=_secrets_arg(args))
+    outcome = deploy.install(
+        path, _systemfile_arg(args), secrets=_secrets_arg(args), allow_secrets=_allowed_secrets_arg(args)
+    )
     show(args, results.Installed(**_outcome_fields(outcome), path=str(path)))
     return 0
 
 
-def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
+def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
     return {
         "checksum": outcome.checksum,
         "version": outcome.version,
@@ -139,15 +156,21 @@ def _outcome_fields(outcome: results.Outcome) -> dict[str, Any]:
 
 
 def cli_build(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
-    outcome = deploy.upgrade(open_target(args, writes=True), deploy=False, reuse=False, secrets=_secrets_arg(args))
+    outcome = deploy.upgrade(
+        open_target(args, writes=True),
+        deploy=False,
+        reuse=False,
+        secrets=_secrets_arg(args),
+        allow_secrets=_allowed_secrets_arg(args),
+    )
     show(args, results.Built(**_outcome_fields(outcome)))
     return 0
 
 
 def cli_upgrade(args: argparse.Namespace) -> int:
-    from arkes import deploy
+    from arkes import deploy, results
 
     if args.check:
         return cli_checkupdates(args)
@@ -164,6 +187,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         deploy=not args.download_only,
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
+        allow_secrets=_allowed_secrets_arg(args),
     )
     show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
     if args.reboot and outcome.deployed:
@@ -189,7 +213,7 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
 
 
 def cli_diff(args: argparse.Namespace) -> int:
-    from arkes import diff
+    from arkes import diff, results
 
     target = open_target(args)
     sysroot = target.sysroot
@@ -266,6 +290,15 @@ def cli_revert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_rotate_host_keys(args: argparse.Namespace) -> int:
+    from arkes import identity, results
+
+    target = open_target(args)
+    keys = identity.rotate(target.system_etc, booted=target.booted)
+    show(args, results.HostKeys(tuple(keys)))
+    return 0
+
+
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
@@ -288,7 +321,7 @@ def cli_pin(args: argparse.Namespace) -> int:
 
 
 def cli_images(args: argparse.Namespace) -> int:
-    from arkes import images
+    from arkes import images, results
 
     wanted = [images.ROOTFS, images.BASE] if args.which == "all" else [f"localhost/arkes:{args.which}"]
     from arkes import podman
@@ -364,6 +397,13 @@ BUILD_OPTIONS = (
         metavar="ID=FILE",
         help="a file for `RUN --mount=type=secret,id=ID` (repeatable); it is never part of the image "
         "and not an input of the build: a changed secret alone does not rebuild",
+    ),
+    opt(
+        "--allow-secret",
+        action="append",
+        metavar="PATH",
+        help="let the image carry this private key on purpose, named by its path in the image (repeatable); "
+        "a build whose tree holds any other private key is refused",
     ),
 )
 
@@ -525,6 +565,15 @@ VERBS: tuple[Verb, ...] = (
         (JSON_OPTION,),
     ),
     Verb(
+        "rotate-host-keys",
+        cli_rotate_host_keys,
+        "replace this machine's SSH host keys with new ones made here",
+        "Remove /etc/ssh/ssh_host_*_key* and make every default key type again with ssh-keygen -A (on a\n"
+        "booted system the SSH server reloads them). For machines whose keys came with their image:\n"
+        "`os status` names them. Every later upgrade and rollback keeps the new keys.",
+        (JSON_OPTION,),
+    ),
+    Verb(
         "rollback",
         cli_rollback,
         "make the previous deployment the default for the next boot, keeping both",
@@ -582,7 +631,22 @@ VERBS: tuple[Verb, ...] = (
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def _chosen_verb(argv: Sequence[str]) -> str | None:
+    """The verb a command line names, if it names one (global options come before it)."""
+    names = {verb.name for verb in VERBS}
+    words = iter(argv)
+    for word in words:
+        if word == "--sysroot":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in names else None
+    return None
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line of `os`. Given the arguments, only the verb they name is set up (a parser per verb costs
+    about a millisecond, which `os status` need not pay); every verb is there for `os --help` and for docs."""
+    chosen = _chosen_verb(argv) if argv is not None else None
     p = argparse.ArgumentParser(
         prog="os", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -591,6 +655,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
+        if chosen is not None and verb.name != chosen:
+            continue
         sub = subparsers.add_parser(
             verb.name,
             help=verb.help,

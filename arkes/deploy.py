@@ -8,11 +8,11 @@ previous deployment bootable and default.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import bootloader, build, du, etc, images, log, packages, podman, preflight, run
+from arkes import bootloader, build, du, etc, identity, images, log, packages, podman, preflight, run
 from arkes.errors import UsageError
 from arkes.records import BUILD_REF, Metadata
 from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
@@ -110,6 +110,7 @@ def install(
     mountpoints: tuple[str, ...] = (),
     customize: Callable[[Path], None] | None = None,
     secrets: Mapping[str, Path] | None = None,
+    allow_secrets: Collection[str] = (),
 ) -> Outcome:
     """Initialize an empty directory as a sysroot and deploy the Systemfile's system into it.
 
@@ -131,7 +132,7 @@ def install(
     try:
         sysroot = Sysroot.initialize(path)
         with sysroot.lock():
-            result = build.build(sysroot, p, secrets=secrets)
+            result = build.build(sysroot, p, secrets=secrets, allow_secrets=allow_secrets)
             _deploy(sysroot, result, install_kargs or [], copy=True, customize=customize)
     except BaseException:
         # An install that did not finish leaves nothing behind: the directory was empty or absent.
@@ -167,6 +168,7 @@ def upgrade(
     reuse: bool = True,
     package_updates: bool = True,
     secrets: Mapping[str, Path] | None = None,
+    allow_secrets: Collection[str] = (),
 ) -> Outcome:
     """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
 
@@ -193,7 +195,7 @@ def upgrade(
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         result = _downloaded(sysroot, p) if reuse else None
         if result is None:
-            result = build.build(sysroot, p, secrets=secrets)
+            result = build.build(sysroot, p, secrets=secrets, allow_secrets=allow_secrets)
         elif deploy:
             log.info(f"deploying version {result.version}, built earlier by `os upgrade --download-only`")
         else:
@@ -208,6 +210,7 @@ def upgrade(
         if merge is not None:
             with log.step("pre-flight"):
                 preflight.check(sysroot, result.checksum, machine_etc, sysroot.deployment_dir(merge) / "usr/etc")
+            identity.adopt(machine_etc, sysroot.deployment_dir(merge) / "usr/etc", target.state_dir)
         etc.check_users(sysroot, result.checksum, machine_etc)
         if default is not None:
             _name_kept_var(target, default.checksum, result.checksum)
@@ -309,6 +312,7 @@ def rollback(sysroot: Sysroot) -> RolledBack:
         with log.step("rollback"):
             # The users and groups the machine has now go back with it (OSTree keeps each deployment's /etc apart).
             said = etc.carry_users(sysroot.deployment_dir(second), machine)
+            said += identity.carry(sysroot.deployment_dir(second) / "etc", machine)
             sysroot.write_deployments([second, first, *rest])
             bootloader.write_menu(sysroot)
         return RolledBack(second.checksum, sysroot.commit(second.checksum).version, tuple(said))
@@ -329,6 +333,15 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             with log.step(f"remove {len(removed)} deployment(s)"):
                 sysroot.write_deployments(kept)
                 bootloader.write_menu(sysroot)
+        # Image layers stay committed while a kept deployment or the last build was made of them.
+        needed = {digest for d in sysroot.all_deployments() for digest in sysroot.commit(d.checksum).metadata.layers}
+        built = sysroot.resolve(BUILD_REF)
+        if built:
+            needed |= set(sysroot.commit(built).metadata.layers)
+        unused = sorted(set(sysroot.layers()) - needed)
+        if unused:
+            log.info(f"removing {len(unused)} image layer(s) no kept deployment is made of")
+            sysroot.remove_layers(unused)
         with log.step("prune the repository"):
             objects, freed = sysroot.cleanup()
         live = {sysroot.commit(d.checksum).metadata.input_hash for d in sysroot.deployments()}
@@ -340,7 +353,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
                 podman.untag(stale)
                 podman.prune_dangling()
             image_bytes = max(before - podman.storage_bytes(), 0)
-        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes)
+        return Pruned(tuple(d.checksum for d in removed), objects, freed, tuple(stale), image_bytes, len(unused))
 
 
 def pin(sysroot: Sysroot, index: int, pinned: bool) -> Pinned:

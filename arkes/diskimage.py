@@ -14,12 +14,12 @@ import re
 import stat
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, deploy, images, log, results, run
+from arkes import bootloader, deploy, images, log, podman, results, run
 from arkes import systemfile as systemfile_module
 from arkes.errors import UsageError
 
@@ -124,14 +124,27 @@ def _set_root_password(etc: Path, password: str | None) -> None:
     os.chmod(shadow, stat.S_IMODE(mode))
 
 
-def copy_base_image(root: Path) -> None:
-    """Put the base image into the target's container storage, so the installed system rebuilds offline."""
+def copy_images(root: Path, checksum: str) -> None:
+    """Put the base image and the build cache of the installed system into the target's container storage: the
+    image it was built from and the image of each of its build steps (Buildah finds its cached layers there), so
+    the installed system rebuilds offline, and its first upgrade runs only the steps that changed."""
+    from arkes.ostree import Sysroot
+
+    sysroot = Sysroot.open(root)
+    tag = podman.build_tag(sysroot.commit(checksum).metadata.input_hash, sysroot.system_id(create=False))
+    steps = podman.parents(tag, until=images.BASE) if podman.image_exists(tag) else []
     storage = root / "ostree/deploy" / "arkes" / "var/lib/containers/storage"
     storage.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="arkes-runroot-") as runroot:
-        destination = f"containers-storage:[overlay@{storage}+{runroot}]{images.BASE}"
-        with log.step(f"copy {images.BASE} into the target's container storage"):
-            run.run(["podman", "push", "--quiet", images.BASE, destination], what="podman push")
+        store = f"containers-storage:[overlay@{storage}+{runroot}]"
+        with log.step(f"copy {images.BASE} and the build cache into the target's container storage") as progress:
+            run.run(["podman", "push", "--quiet", images.BASE, store + images.BASE], what="podman push")
+            # Bottom first: each step's layers are there when the next one is copied.
+            for i, image_id in enumerate(reversed(steps)):
+                progress.update((i + 1) / (len(steps) + 1), f"build step {i + 1}/{len(steps)}")
+                run.run(["podman", "push", "--quiet", image_id, f"{store}@{image_id}"], what="podman push")
+            if steps:
+                run.run(["podman", "push", "--quiet", tag, store + tag], what="podman push")
 
 
 def _is_block_device(path: Path) -> bool:
@@ -146,6 +159,7 @@ def install_disk(
     root_password: str | None,
     wipe: bool = False,
     secrets: Mapping[str, Path] | None = None,
+    allow_secrets: Collection[str] = (),
 ) -> results.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device."""
     # A Systemfile with errors is refused before the disk is touched.
@@ -170,7 +184,7 @@ def install_disk(
             with open(disk, "wb") as f:
                 f.truncate(parse_size(size))
         run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
-        return _install_partitions(disk, systemfile, root_password, secrets)
+        return _install_partitions(disk, systemfile, root_password, secrets, allow_secrets)
     except BaseException:
         if created:
             disk.unlink(missing_ok=True)
@@ -178,7 +192,11 @@ def install_disk(
 
 
 def _install_partitions(
-    disk: Path, systemfile: Path | None, root_password: str | None, secrets: Mapping[str, Path] | None
+    disk: Path,
+    systemfile: Path | None,
+    root_password: str | None,
+    secrets: Mapping[str, Path] | None,
+    allow_secrets: Collection[str],
 ) -> results.Outcome:
     parts = read_partitions(disk)
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
@@ -211,8 +229,9 @@ def _install_partitions(
             mountpoints=("boot",),
             customize=customize,
             secrets=secrets,
+            allow_secrets=allow_secrets,
         )
-        copy_base_image(root)
+        copy_images(root, outcome.checksum)
         with log.step("sync"):
             os.sync()
         return outcome

@@ -85,6 +85,18 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
     for i, commit in enumerate(commits):
         if i not in prunable:
             kept_objects |= reach_of[commit]
+    # Image layers (see arkes.layers): what only they hold, and which of them prune keeps (those kept systems and
+    # the last build were made of).
+    layer_commits = sysroot.layers()
+    layer_reach = {d: sysroot.reachable_objects(c) for d, c in layer_commits.items()}
+    held = set().union(*layer_reach.values()) - reached
+    kept_layers = {
+        digest for i, c in enumerate(commits) if i not in prunable for digest in sysroot.commit(c).metadata.layers
+    }
+    if built:
+        kept_layers |= set(sysroot.commit(built).metadata.layers)
+    for digest in kept_layers & set(layer_reach):
+        kept_objects |= layer_reach[digest]
     prune = sum(size for o, size in sizes.items() if o not in kept_objects) + sum(etc_sizes[i] for i in prunable)
 
     live = {sysroot.commit(d.checksum).metadata.input_hash for i, d in enumerate(deployments) if i not in prunable}
@@ -100,6 +112,8 @@ def measure(sysroot: Sysroot, keep: int = 2) -> Usage:
         podman_bytes=podman.storage_bytes(),
         prune_bytes=prune,
         prune_image_bytes=prune_images,
+        layers=len(layer_commits),
+        layer_bytes=sum(sizes.get(o, 0) for o in held),
     )
 
 

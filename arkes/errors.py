@@ -47,9 +47,18 @@ class BuildError(CommandError):
 class LintError(ArkesError):
     """The bootability gate refused a tree; `failures` lists every failed check."""
 
-    def __init__(self, failures: list[str]) -> None:
+    def __init__(self, failures: list[str], hint: str = "") -> None:
         super().__init__(
             "the image is not bootable:\n" + "\n".join(f"  - {f}" for f in failures),
-            hint="build FROM localhost/arkes:base (or an image built on it) and end with `RUN post_build`",
+            hint=hint or "build FROM localhost/arkes:base (or an image built on it) and end with `RUN post_build`",
         )
+        self.failures = failures
+
+
+class SecretError(LintError):
+    """The gate found private keys in a tree: no image may carry one unless the person allowed it by path."""
+
+    def __init__(self, failures: list[str], hint: str) -> None:
+        listed = "\n".join(f"  - {f}" for f in failures)
+        ArkesError.__init__(self, "the image holds private keys:\n" + listed, hint=hint)
         self.failures = failures

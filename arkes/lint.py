@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import gzip
 import lzma
-from collections.abc import Callable
+import os
+import re
+import stat
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from arkes import run, tree
-from arkes.errors import LintError
+from arkes.errors import LintError, SecretError
 
 # A file only the ostree dracut module puts into an initramfs: the program that mounts the deployment.
 OSTREE_MARKERS = ("usr/lib/ostree/ostree-prepare-root", "usr/lib/systemd/system/ostree-prepare-root.service")
@@ -87,10 +91,74 @@ def failures(root: Path) -> list[str]:
     return [f"{name}: {message}" for name, check in CHECKS.items() if (message := check(root))]
 
 
-def check(root: Path) -> None:
+def check(root: Path, allowed_secrets: Collection[str] = ()) -> list[str]:
+    """The bootability checks, then the scan for private keys; return the keys `allowed_secrets` let through."""
     found = failures(root)
     if found:
         raise LintError(found)
+    every = private_keys(root)
+    keys = [k for k in every if k.path not in allowed_secrets]
+    if keys:
+        raise SecretError(
+            [f"{k.path} ({k.kind})" for k in keys],
+            hint="an image is shared by every machine made from it (and anyone who can read its repository): "
+            "give each machine its secret at run time instead, as a file in its /etc (put there once, every "
+            "upgrade keeps it) or a systemd credential (LoadCredential= in the unit); to ship one on purpose, "
+            + " ".join(f"--allow-secret {k.path}" for k in keys),
+        )
+    return [k.path for k in every]
+
+
+# --- private keys ----------------------------------------------------------------------------------------------
+
+# PEM blocks (PKCS#1, PKCS#8, SEC1, encrypted PKCS#8, OpenSSH's own format) and OpenPGP secret key blocks.
+_PRIVATE_KEY = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
+# A key file is small; the largest PEM bundles of certificates and a key stay far below this.
+_SCAN_LIMIT = 256 * 1024
+# Trees that hold no configuration: kernel modules, firmware, translations, the package database.
+_NOT_SCANNED = ("usr/lib/modules", "usr/lib/firmware", "usr/share/locale", "usr/lib/sysimage")
+# Where packages keep test data and examples (in /usr only): such keys are published with their sources.
+_TEST_DATA = re.compile(r"^usr/(?!etc/)(share/doc/|(.*/)?(tests?|testdata|test_data|testing|examples?)/)")
+# Where the rewrite moved a path: shown as the image had it, the path a Systemfile COPYs to.
+_MOVED = (("usr/etc/", "etc/"), (tree.FACTORY + "/var/", "var/"))
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    path: str  # as the image had it: /etc/..., /var/...
+    kind: str  # what the block says it is: "RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", ...
+
+
+def image_path(relative: str) -> str:
+    for moved, original in _MOVED:
+        if relative.startswith(moved):
+            return "/" + original + relative.removeprefix(moved)
+    return "/" + relative
+
+
+def private_keys(root: Path) -> list[PrivateKey]:
+    """Every regular file of a rewritten tree that holds private key material, outside test data and examples."""
+    found = []
+    for directory, dirs, names in os.walk(root):
+        relative_dir = os.path.relpath(directory, root)
+        relative_dir = "" if relative_dir == "." else relative_dir + "/"
+        dirs[:] = [d for d in dirs if not (relative_dir + d + "/").startswith(_NOT_SCANNED)]
+        for name in names:
+            relative = relative_dir + name
+            if _TEST_DATA.match(relative):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or info.st_size > _SCAN_LIMIT or info.st_size < 64:
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if b"PRIVATE KEY" in data and (match := _PRIVATE_KEY.search(data)):
+                found.append(PrivateKey(image_path(relative), match.group(1).decode().lower()))
+    return sorted(found, key=lambda k: k.path)
 
 
 # --- reading an initramfs -----------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ Everything here reads OSTree's own data structures; nothing parses `ostree admin
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import signal
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,10 +27,169 @@ __all__ = ["BUILD_REF", "STATEROOT", "BootEntry", "Commit", "Deployment", "Metad
 
 from arkes import log  # noqa: E402
 from arkes.errors import ArkesError, LockedError  # noqa: E402
-from arkes.records import BUILD_REF, ORIGIN_GROUP, STATEROOT, BootEntry, Commit, Deployment, Metadata  # noqa: E402
+from arkes.records import (  # noqa: E402
+    BUILD_REF,
+    LAYER_REFS,
+    ORIGIN_GROUP,
+    STATEROOT,
+    BootEntry,
+    Commit,
+    Deployment,
+    Metadata,
+    layer_ref,
+)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Which files of a checkout are the repository's own objects (OSTree's device and inode cache)."""
+
+    cache: Any
+
+
+def _dirty_dirs(diff: Path, emptied: Sequence[str]) -> set[str]:
+    """The directories of a layer that OSTree cannot read as they are (relative, "" the top), and their parents:
+    those holding whiteouts (character devices 0/0) or, below `emptied`, device nodes, pipes or sockets, and
+    those carrying the overlay driver's attributes (an opaque directory). Anything else special is an error."""
+    dirty: set[str] = set()
+    for directory, _dirs, names in os.walk(diff):
+        relative = os.path.relpath(directory, diff)
+        relative = "" if relative == "." else relative
+        flagged = any(x.startswith(_OVERLAY_XATTRS) for x in os.listxattr(directory, follow_symlinks=False))
+        for name in names:
+            info = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                continue
+            flagged = True
+            path = os.path.join(relative, name)
+            if not (stat.S_ISCHR(info.st_mode) and info.st_rdev == 0) and path.split("/", 1)[0] not in emptied:
+                raise ArkesError(f"/{path} in the image is a device, pipe or socket, which OSTree cannot hold")
+        while flagged and relative not in dirty:
+            dirty.add(relative)
+            if not relative:
+                break
+            relative = os.path.dirname(relative)
+    return dirty
+
+
+def _write_layer_dir(repo: Any, diff: Path, relative: str, mtree: Any, scratch: Path, dirty: set[str]) -> None:
+    """Fill `mtree` with the layer directory `relative`: read by OSTree straight from container storage where it
+    can be, else through a small stand-in directory with the same owner, mode and attributes (but the overlay
+    driver's), its files copied, whiteouts as `.wh.NAME`, an opaque directory marked `.wh..wh..opq`."""
+    source = diff / relative
+    if relative not in dirty:
+        repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(source)), mtree, None, None)
+        return
+    stand_in = scratch / f"dir-{len(list(scratch.iterdir()))}"
+    _copy_dir_meta(source, stand_in)
+    subdirs = []
+    for entry in os.scandir(source):
+        info = entry.stat(follow_symlinks=False)
+        target = stand_in / entry.name
+        if stat.S_ISDIR(info.st_mode):
+            subdirs.append(entry.name)
+        elif stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            _marker(stand_in / (_WHITEOUT + entry.name))
+        elif stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(entry.path), target)
+            os.lchown(target, info.st_uid, info.st_gid)
+        elif stat.S_ISREG(info.st_mode):
+            shutil.copy2(entry.path, target)
+            os.chown(target, info.st_uid, info.st_gid)
+            os.chmod(target, stat.S_IMODE(info.st_mode))  # chown drops setuid and setgid bits
+            for name in os.listxattr(target):
+                if name.startswith(_OVERLAY_XATTRS):
+                    os.removexattr(target, name)
+        # else a device node below an emptied directory: left out (see _dirty_dirs)
+    repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(stand_in)), mtree, None, None)
+    for name in subdirs:
+        _, sub = mtree.ensure_dir(name)
+        _write_layer_dir(repo, diff, os.path.join(relative, name), sub, scratch, dirty)
+
+
+def _merge_layer(repo: Any, mtree: Any, contents: str, meta: str, relative: str, marked: set[str] | None) -> None:
+    """Lay the layer directory (`contents`, `meta`) over `mtree`: its entries replace what is there, `.wh.NAME`
+    removes NAME, `.wh..wh..opq` empties the directory first. A directory new to the union with no whiteouts in it
+    (`marked`: where the layer has them; None: unknown) is taken whole, without reading it."""
+    mtree.set_metadata_checksum(meta)
+    _, tree = repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
+    files, dirs = tree.unpack()
+    if any(name == _OPAQUE for name, _ in files):
+        for name in [*mtree.get_files(), *mtree.get_subdirs()]:
+            mtree.remove(name, False)
+    for name, checksum in files:
+        if name == _OPAQUE:
+            continue
+        if name.startswith(_WHITEOUT):
+            mtree.remove(name.removeprefix(_WHITEOUT), True)
+            continue
+        if name in mtree.get_subdirs():
+            mtree.remove(name, False)
+        mtree.replace_file(name, bytes(checksum).hex())
+    for name, sub_contents, sub_meta in dirs:
+        path = os.path.join(relative, name)
+        if name in mtree.get_files():
+            mtree.remove(name, False)
+        existing = mtree.get_subdirs().get(name)
+        if existing is None:
+            _, sub = mtree.ensure_dir(name)
+            if marked is not None and path not in marked:
+                sub.fill_empty_from_dirtree(repo, bytes(sub_contents).hex(), bytes(sub_meta).hex())
+                continue
+            existing = sub
+        _merge_layer(repo, existing, bytes(sub_contents).hex(), bytes(sub_meta).hex(), path, marked)
+
+
+def _copy_dir_meta(source: Path, target: Path) -> None:
+    target.mkdir()
+    info = source.lstat()
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+    for name in os.listxattr(source, follow_symlinks=False):
+        value = os.getxattr(source, name, follow_symlinks=False)
+        if not name.startswith(_OVERLAY_XATTRS):
+            os.setxattr(target, name, value, follow_symlinks=False)
+        elif name.endswith(".overlay.opaque") and value == b"y":
+            _marker(target / _OPAQUE)
+
+
+def _marker(path: Path) -> None:
+    path.write_bytes(b"")
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o644)
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """libostree built without the journal prints what it frees on stdout ("Freed objects: ..."), where `--json`
+    documents go: while it writes deployments, its stdout is our stderr."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextmanager
+def _scratch(sysroot: Path) -> Iterator[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="arkes-", dir=sysroot / "ostree/repo/tmp") as scratch:
+        yield scratch
+
 
 _SUFFIX = {
     OSTree.ObjectType.FILE: "file",
@@ -51,6 +214,8 @@ _KEYS: dict[str, tuple[str, str]] = {
     "package_state": ("arkes.package-state", "s"),
     "package_indexes": ("arkes.package-indexes", "a(ss)"),
     "kernel": ("ostree.linux", "s"),
+    "allowed_secrets": ("arkes.allowed-secrets", "as"),
+    "layers": ("arkes.layers", "as"),
 }
 
 
@@ -103,6 +268,11 @@ def _wrap(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
                 return func(*args, **kwargs)
             except GLib.Error as e:
                 raise _error(what, e) from e
+            except OSError as e:
+                # Python's own file operations here (the shadow of an image layer) fail the same ways.
+                if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise _error(what, GLib.Error(os.strerror(e.errno) + f": {e.filename}")) from e
+                raise
 
         return inner
 
@@ -310,11 +480,15 @@ class Sysroot:
         metadata: Metadata,
         ref: str,
         on_file: Callable[[int], None] | None = None,
+        known: Checkout | None = None,
+        refs: Mapping[str, str] | None = None,
     ) -> str:
         """Commit the directory `tree` in one transaction and point `ref` at it; return the checksum.
 
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
-        staging leftovers that the next transaction or prune removes.
+        staging leftovers that the next transaction or prune removes. `known`: `tree` is a checkout of layers
+        (checkout_layers), whose files that are still the repository's own are taken without reading them.
+        `refs` (name → commit) are set in the same transaction.
         """
         repo = self._repo
         count = [0]
@@ -326,6 +500,8 @@ class Sysroot:
             return OSTree.RepoCommitFilterResult.ALLOW
 
         modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter, None)
+        if known is not None:
+            modifier.set_devino_cache(known.cache)
         # Ctrl-C must not raise inside the filter callback (PyGObject would print and swallow it): it cancels the
         # walk instead, and the interruption is raised once libostree has returned.
         cancellable = Gio.Cancellable()
@@ -337,6 +513,8 @@ class Sysroot:
             _, root = repo.write_mtree(mtree, cancellable)
             _, checksum = repo.write_commit(None, subject, None, _metadata_variant(metadata), root, cancellable)
             repo.transaction_set_ref(None, ref, checksum)
+            for name, commit in (refs or {}).items():
+                repo.transaction_set_ref(None, name, commit)
             repo.commit_transaction(cancellable)
         except BaseException as e:
             repo.abort_transaction(None)
@@ -346,6 +524,95 @@ class Sysroot:
         finally:
             signal.signal(signal.SIGINT, previous)
         return str(checksum)
+
+    # --- image layers --------------------------------------------------------------------------------------
+
+    def layer_commit(self, digest: str) -> str | None:
+        """The commit of an image layer imported earlier (by its digest), or None."""
+        return self.resolve(layer_ref(digest))
+
+    @_wrap("importing an image layer")
+    def import_layer(self, digest: str, diff: Path, emptied: Sequence[str] = ()) -> str:
+        """Commit one image layer, from its directory in container storage (overlay driver); return the commit.
+
+        Its ref (arkes/layers/HEX, layer_ref) is set with the system commit made of it (write_commit's `refs`), so
+        a build that is refused or killed leaves no ref behind, and a half-written layer is never found. Its
+        whiteouts become `.wh.NAME` files and its opaque directories hold `.wh..wh..opq`, as in an OCI layer
+        archive, and the overlay driver's own attributes are left out. Device nodes, pipes and sockets cannot be
+        in OSTree: below the top-level directories `emptied` (which every system tree has emptied) they are left
+        out, anywhere else they are an error."""
+        repo = self._repo
+        dirty = _dirty_dirs(diff, emptied)
+        with _scratch(self.path) as scratch:
+            repo.prepare_transaction(None)
+            try:
+                mtree = OSTree.MutableTree.new()
+                _write_layer_dir(repo, diff, "", mtree, Path(scratch), dirty)
+                _, root = repo.write_mtree(mtree, None)
+                # Where it has whiteouts (the directories that do and their parents): a union reads only those.
+                metadata = GLib.Variant(
+                    "a{sv}",
+                    {
+                        "arkes.layer-digest": GLib.Variant("s", digest),
+                        "arkes.layer-marked": GLib.Variant("as", sorted(dirty)),
+                    },
+                )
+                _, checksum = repo.write_commit(None, f"layer {digest}", None, metadata, root, None)
+                repo.commit_transaction(None)
+            except BaseException:
+                repo.abort_transaction(None)
+                raise
+        return str(checksum)
+
+    @_wrap("checking out image layers")
+    def checkout_layers(self, commits: Sequence[str], destination: Path) -> Checkout:
+        """Check out the union of layer commits (bottom first, with OCI semantics for whiteouts and opaque
+        directories) into `destination`, every regular file a hard link into the repository; returns what commit
+        needs to take those files without reading them. `destination` must be on the repository's filesystem
+        (see scratch_dir). The union is made in OSTree's tree objects, untouched directories taken whole, and
+        checked out once."""
+        repo = self._repo
+        repo.prepare_transaction(None)
+        try:
+            mtree = OSTree.MutableTree.new()
+            for commit in commits:
+                _, variant, _ = repo.load_commit(commit)
+                marked_value = variant.get_child_value(0).unpack().get("arkes.layer-marked")
+                marked = set(marked_value) if isinstance(marked_value, list) else None
+                contents = bytes(variant.get_child_value(6).unpack()).hex()
+                meta = bytes(variant.get_child_value(7).unpack()).hex()
+                _merge_layer(repo, mtree, contents, meta, "", marked)
+            _, root = repo.write_mtree(mtree, None)
+            _, union = repo.write_commit(None, "layers", None, None, root, None)
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
+        cache = OSTree.RepoDevInoCache.new()
+        options = OSTree.RepoCheckoutAtOptions()
+        options.force_copy_zerosized = True
+        options.set_devino(cache)
+        repo.checkout_at(options, _AT_FDCWD, os.fspath(destination), union, None)
+        return Checkout(cache)
+
+    @_wrap("listing image layers")
+    def layers(self) -> dict[str, str]:
+        """Every image layer committed here: its digest (sha256:...) and commit."""
+        _, refs = self._repo.list_refs(None, None)
+        found = {str(ref): str(commit) for ref, commit in refs.items() if str(ref).startswith(LAYER_REFS)}
+        return {"sha256:" + ref.removeprefix(LAYER_REFS): commit for ref, commit in found.items()}
+
+    @_wrap("removing image layers")
+    def remove_layers(self, digests: Sequence[str]) -> None:
+        """Drop the refs of layer commits; their objects go with the next prune unless something else has them."""
+        for digest in digests:
+            self._repo.set_ref_immediate(None, layer_ref(digest), None, None)
+
+    def scratch_dir(self) -> Path:
+        """A directory on the repository's filesystem for checkouts that hard-link its objects."""
+        path = self.path / "ostree/repo/tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # --- changing deployments ----------------------------------------------------------------------------
 
@@ -380,7 +647,8 @@ class Sysroot:
         if prepare is not None:
             prepare(self.path / str(self._sysroot.get_deployment_dirpath(native)))
         flags = OSTree.SysrootSimpleWriteDeploymentFlags.RETAIN
-        self._sysroot.simple_write_deployment(STATEROOT, native, merge, flags, None)
+        with _quiet_stdout():
+            self._sysroot.simple_write_deployment(STATEROOT, native, merge, flags, None)
         self.reload()
         return self._record(native)
 
@@ -459,7 +727,8 @@ class Sysroot:
     @_wrap("writing the deployment list")
     def write_deployments(self, deployments: Sequence[Deployment]) -> None:
         """Make `deployments` (in boot order, the first the default) the whole list; others are removed."""
-        self._sysroot.write_deployments([self._native(d) for d in deployments], None)
+        with _quiet_stdout():
+            self._sysroot.write_deployments([self._native(d) for d in deployments], None)
         self.reload()
 
     @_wrap("pinning")

@@ -167,6 +167,18 @@ def mounted_container(ref: str) -> Iterator[Path]:
         log.debug(f"removed container {container[:12]}")
 
 
+def parents(ref: str, *, until: str) -> list[str]:
+    """The image ids from `ref` up its chain of parents (the images of its build steps), stopping before the
+    image `until` (or at the end of the chain)."""
+    stop = str(inspect_image(until).get("Id", ""))
+    chain: list[str] = []
+    current = str(inspect_image(ref).get("Id", ""))
+    while current and current != stop and len(chain) < 1000:
+        chain.append(current)
+        current = str(inspect_image(current).get("Parent", "") or "")
+    return chain
+
+
 def storage_bytes() -> int:
     """Bytes container storage takes on disk (images, layers, build cache), as `du` counts them."""
     result = run.run(_podman("info", "--format", "{{.Store.GraphRoot}}"), check=False)

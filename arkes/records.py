@@ -12,6 +12,13 @@ STATEROOT = "arkes"
 BUILD_REF = "arkes/build"
 ORIGIN_GROUP = "arkes"
 
+LAYER_REFS = "arkes/layers/"  # each image layer's commit, by digest (see arkes.layers)
+
+
+def layer_ref(digest: str) -> str:
+    """The ref of an image layer's commit: arkes/layers/HEX."""
+    return LAYER_REFS + digest.removeprefix("sha256:")
+
 
 @dataclass(frozen=True)
 class Metadata:
@@ -30,6 +37,8 @@ class Metadata:
     package_state: str = ""
     package_indexes: tuple[tuple[str, str], ...] = ()  # (release URL, sha256) of every package repository
     kernel: str = ""  # the kernel version that boots (OSTree's own key)
+    allowed_secrets: tuple[str, ...] = ()  # private keys the image carries on purpose (--allow-secret)
+    layers: tuple[str, ...] = ()  # the digests of the image layers the tree was made from, bottom first
 
 
 @dataclass(frozen=True)

@@ -8,66 +8,41 @@ arkes.status and follows the same rules.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-API_VERSION = "arkes/v1"
+from arkes.model import API_VERSION as API_VERSION
+from arkes.model import JSON as JSON
+from arkes.model import Result as Result
+from arkes.model import camel as camel
+from arkes.model import document as document
+from arkes.model import fields as fields
+from arkes.model import plain as plain
+from arkes.model import size as size
 
-JSON = dict[str, object]
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def plain(value: object) -> object:
-    """A model as JSON values: dataclasses and mappings become objects with camelCase keys, tuples lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {camel(f.name): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {camel(str(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [plain(v) for v in value]
-    return value
+# --- os rotate-host-keys -------------------------------------------------------------------------------------
 
 
-def fields(value: object) -> JSON:
-    """A dataclass or mapping as a JSON object."""
-    found = plain(value)
-    assert isinstance(found, dict)
-    return found
+@dataclass(frozen=True)
+class HostKey:
+    path: str  # the public key, /etc/ssh/ssh_host_TYPE_key.pub
+    type: str  # ED25519, ECDSA, RSA
+    fingerprint: str  # SHA256:...
 
 
-def document(kind: str, body: object) -> JSON:
-    return {"apiVersion": API_VERSION, "kind": kind, **fields(body)}
-
-
-def size(n: int) -> str:
-    """Bytes for people: 512 B, 3.4 MiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-class Result:
-    """What every model has: a kind, a document, and what people see (nothing unless a model says more)."""
-
-    KIND: ClassVar[str]
-
-    def to_json(self) -> JSON:
-        return document(self.KIND, self)
+@dataclass(frozen=True)
+class HostKeys(Result):
+    KIND: ClassVar[str] = "HostKeys"
+    keys: tuple[HostKey, ...]
 
     def render(self) -> str:
-        return ""
+        return "".join(f"{k.type:<8} {k.fingerprint}  {k.path}\n" for k in self.keys)
 
     def said(self) -> list[str]:
-        return []
+        return [
+            "made new SSH host keys; clients that knew the old ones will warn once and must forget them "
+            "(ssh-keygen -R HOST)"
+        ]
 
 
 # --- os check ------------------------------------------------------------------------------------------------
@@ -174,12 +149,13 @@ class Pruned(Result):
     freed_repo_bytes: int
     removed_images: tuple[str, ...]
     freed_image_bytes: int
+    removed_layers: int = 0  # image layer commits no kept deployment was made of
 
     def said(self) -> list[str]:
         return [
-            f"removed {len(self.removed_deployments)} deployment(s) and {self.pruned_objects} repository "
-            f"object(s), freeing {size(self.freed_repo_bytes)}; removed {len(self.removed_images)} stale build "
-            f"image(s) ({size(self.freed_image_bytes)})"
+            f"removed {len(self.removed_deployments)} deployment(s), {self.removed_layers} image layer(s) and "
+            f"{self.pruned_objects} repository object(s), freeing {size(self.freed_repo_bytes)}; removed "
+            f"{len(self.removed_images)} stale build image(s) ({size(self.freed_image_bytes)})"
         ]
 
 
@@ -206,6 +182,8 @@ class Usage(Result):
     podman_bytes: int  # container storage used by images
     prune_bytes: int  # what `os prune` (keeping 2) would free from the repository and deployments
     prune_image_bytes: int
+    layers: int = 0  # image layers committed (each once, shared by every deployment made of it)
+    layer_bytes: int = 0  # objects only layer commits reach (counted in `other_bytes`)
 
     def render(self) -> str:
         lines = [f"repository            {size(self.repo_bytes):>10}  (objects {size(self.objects_bytes)})"]
@@ -213,6 +191,7 @@ class Usage(Result):
             lines.append(f"  deployment {d.index:<2}       {size(d.own):>10} only its own, {size(d.shared)} shared")
         lines.append(f"  shared (counted once) {size(self.shared_bytes):>8}")
         lines.append(f"  no deployment's      {size(self.other_bytes):>9}  (builds not deployed, leftovers)")
+        lines.append(f"  {self.layers} image layer(s)   {size(self.layer_bytes):>9}  of it, only theirs")
         lines.append(f"container storage     {size(self.podman_bytes):>10}")
         prune = f"{size(self.prune_bytes):>10}  + {size(self.prune_image_bytes)} of build images"
         lines.append(f"os prune would free   {prune}")

@@ -45,6 +45,7 @@ PACKAGES = {
     "runc": "runc",
     "sfdisk": "fdisk",
     "skopeo": "skopeo",
+    "ssh-keygen": "openssh-client",
     "systemctl": "systemd",
     "umount": "mount",
     "zstd": "zstd",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-from arkes import results
+from arkes import model
 from arkes.target import Target
 
-API_VERSION = results.API_VERSION
+API_VERSION = model.API_VERSION
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,28 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
-class Status(results.Result):
+class Status(model.Result):
     KIND: ClassVar[str] = "Status"
     sysroot: str
     deployments: tuple[Deployment, ...]
     last_update_check: LastCheck | None = None
+    # The machine's identity files that came from an image, so other machines share them (see arkes.identity).
+    identity_from_image: tuple[str, ...] = ()
 
-    def to_json(self) -> results.JSON:
+    def to_json(self) -> model.JSON:
         return to_json(self)
 
     def render(self) -> str:
         return render(self)
+
+    def said(self) -> list[str]:
+        if not self.identity_from_image:
+            return []
+        return [
+            f"warning: this machine's {', '.join(self.identity_from_image)} came with the image it was installed "
+            "from, so every machine installed from that image has the same; make new ones with "
+            "`os rotate-host-keys`"
+        ]
 
 
 def collect(target: Target) -> Status:
@@ -86,19 +98,26 @@ def collect(target: Target) -> Status:
                 unlocked=d.unlocked,
             )
         )
-    from arkes import updates  # only here: it brings the whole build pipeline with it
-
-    report = updates.last(target)
     last = None
-    if report is not None:
+    try:
+        report = json.loads(target.update_check.read_text())
+    except (OSError, ValueError):
+        report = None
+    if isinstance(report, dict):
         last = LastCheck(
             str(report.get("checkedAt", "")), len(report.get("updates", [])), len(report.get("errors", []))
         )
-    return Status(str(sysroot.path), tuple(result), last)
+    from arkes import identity
+
+    shared: list[str] = []
+    if target.etc is not None:
+        defaults = [sysroot.deployment_dir(d) / "usr/etc" for d in sysroot.deployments()]
+        shared = identity.from_image(target.etc, target.state_dir, defaults)
+    return Status(str(sysroot.path), tuple(result), last, tuple(shared))
 
 
-def to_json(status: Status) -> results.JSON:
-    data = results.document("Status", status)
+def to_json(status: Status) -> model.JSON:
+    data = model.document("Status", status)
     if status.last_update_check is None:
         del data["lastUpdateCheck"]
     return data

@@ -104,6 +104,11 @@ class Target:
         return self.var / STATE_DIR
 
     @property
+    def update_check(self) -> Path:
+        """The last `os checkupdates` report (see arkes.updates), which `os status` sums up."""
+        return self.state_dir / "checkupdates.json"
+
+    @property
     def package_cache(self) -> Path:
         """The package repositories' releases as last fetched (see arkes.packages), for conditional requests."""
         return self.state_dir / "package-indexes.json"

@@ -48,10 +48,24 @@ VOLATILE = (
 FACTORY = "usr/share/factory"
 # Part of every build's input hash: raised whenever the rewrite makes a different tree of the same image, so that
 # installed systems rebuild with it instead of calling themselves up to date. 2: /var seeded with owners (C lines),
-# apt's extended_states no longer seeded.
-REVISION = 2
+# apt's extended_states no longer seeded. 3: each machine's identity stripped (IDENTITY).
+REVISION = 3
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
+
+# What makes one machine this machine, which packages generate when they are installed (at build time): no image
+# carries it, or every machine made from it would share it. Each machine makes its own on its first boot
+# (arkes-identity.service); /etc/machine-id stays, empty, which is how systemd knows a first boot.
+IDENTITY = (
+    "etc/ssh/ssh_host_*_key",
+    "etc/ssh/ssh_host_*_key.pub",
+    "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "var/lib/systemd/random-seed",
+    "var/lib/systemd/credential.secret",
+    "var/lib/dbus/machine-id",
+)
+MACHINE_ID = "etc/machine-id"
 
 
 @dataclass(frozen=True)
@@ -61,10 +75,11 @@ class Kernel:
     initramfs: Path
 
 
-def rewrite(root: Path) -> None:
-    """Turn the image root `root` into a tree OSTree can deploy."""
+def rewrite(root: Path) -> list[str]:
+    """Turn the image root `root` into a tree OSTree can deploy; return the identity files it removed (as /paths)."""
     if not (root / "usr").is_dir():
         raise ArkesError(f"{root} has no /usr: this is not an operating system image")
+    stripped = strip_identity(root)
     _merge_usr(root)
     _place_kernels(root)
     _move_etc(root)
@@ -77,6 +92,28 @@ def rewrite(root: Path) -> None:
         _empty_dir(root / name)
     (root / "sysroot").mkdir(exist_ok=True)
     _replace_with_link(root / "ostree", "sysroot/ostree")
+    return stripped
+
+
+def strip_identity(root: Path) -> list[str]:
+    """Remove every IDENTITY file from an image root, and empty its machine-id; return what went, as /paths."""
+    removed = []
+    for pattern in IDENTITY:
+        for path in sorted(root.glob(pattern)):
+            if pattern == "var/lib/dbus/machine-id" and path.is_symlink():
+                continue  # a link to /etc/machine-id is no identity of its own
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append("/" + str(path.relative_to(root)))
+    machine_id = root / MACHINE_ID
+    if machine_id.is_file() and not machine_id.is_symlink() and machine_id.stat().st_size:
+        # A new file, never a write into the old: the tree may be hard links into an OSTree repository.
+        mode = machine_id.stat().st_mode
+        machine_id.unlink()
+        machine_id.write_bytes(b"")
+        machine_id.chmod(stat.S_IMODE(mode))
+        removed.append("/" + MACHINE_ID)
+    return removed
 
 
 def _replace_with_link(path: Path, target: str) -> None:
@@ -189,11 +226,6 @@ def _move_etc(root: Path) -> None:
         return
     if usr_etc.exists():
         raise ArkesError("the image has both /etc and /usr/etc; only one can hold the defaults")
-    # A machine's identity is made on its first boot, never shipped in an image.
-    for name in ("machine-id",):
-        path = etc / name
-        if path.is_file() and not path.is_symlink():
-            path.write_text("")
     _runtime_files(root, etc)
     move(etc, usr_etc)
 
@@ -316,6 +348,7 @@ def _write_var_tmpfiles(root: Path) -> None:
         var.mkdir(exist_ok=True)
     out = root / TMPFILES
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)  # never written into: it may be a hard link into an OSTree repository
     out.write_text("\n".join(lines) + "\n")
 
 

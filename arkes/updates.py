@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
@@ -26,7 +26,6 @@ from arkes.target import Target
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
 
-STATE_FILE = "checkupdates.json"  # in the machine's state directory
 POLICY_FILE = "updates.conf"
 POLICIES = {
     "check": "the daily timer only reports updates",
@@ -54,7 +53,7 @@ def automatic_policy(system_dir: Path) -> str:
 
 
 def state_path(target: Target) -> Path:
-    return target.state_dir / STATE_FILE
+    return target.update_check
 
 
 def _input_findings(target: Target, metadata: Metadata) -> list[Finding]:
@@ -181,12 +180,3 @@ def _record(target: Target, report: UpdateCheck) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def last(target: Target) -> dict[str, Any] | None:
-    path = state_path(target)
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data

@@ -3,9 +3,10 @@
     make bench            (or: .venv/bin/python bench/upgrade.py [--runs N])
 
 Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change through `os upgrade` against the
-distribution's Buildah building such a change by hand plus a raw `ostree commit` of the same tree; a rebuild with
-every layer cached (the build step of `os build` against the same Buildah by hand); `os status` against
-`ostree admin status`.
+distribution's Buildah building such a change by hand plus a raw `ostree admin deploy`, next to what a raw
+`ostree commit` of the whole tree costs (what every upgrade paid before layer-aware commits); how much the
+repository grew for that change against the bytes of the layers it added; a rebuild with every layer cached (the
+build step of `os build` against the same Buildah by hand); `os status` against `ostree admin status`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from arkes import layers, podman
+from arkes.ostree import Sysroot
 
 OS = Path(sys.executable).parent / "os"
 
@@ -76,11 +80,37 @@ def raw_build_and_commit(context: Path, systemfile: Path, repo: Path) -> tuple[f
     return build, commit
 
 
+def raw_deploy(sysroot: Path, commit: str) -> float:
+    """`ostree admin deploy` of a commit the repository has, then that deployment removed again."""
+    seconds = timed(lambda: sh("ostree", "admin", "deploy", f"--sysroot={sysroot}", "--os=arkes", "--retain", commit))
+    sh("ostree", "admin", "undeploy", f"--sysroot={sysroot}", "0")
+    return seconds
+
+
+def objects_bytes(repo: Path) -> int:
+    return int(sh("du", "-sB1", str(repo / "objects")).split()[0])
+
+
+def layer_bytes(digests: list[str]) -> int:
+    """Bytes of image layers as container storage holds them (what a change added to the image)."""
+    found = 0
+    for image in podman.list_images("localhost/arkes-build"):
+        for layer in layers.of_image(str(image["Id"])) or []:
+            if layer.digest in digests:
+                found += int(sh("du", "-sB1", str(layer.diff)).split()[0])
+                digests = [d for d in digests if d != layer.digest]
+    return found
+
+
 def build_step(sysroot: Path) -> float:
     """Seconds of the `build` step of `os build`, as its progress line reports them."""
     result = subprocess.run([str(OS), "--sysroot", str(sysroot), "build"], capture_output=True, text=True, check=True)
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("build: done (")]
     return float(line.removeprefix("build: done (").rstrip("s)"))
+
+
+def commit_layers(sysroot: Path, checksum: str) -> list[str]:
+    return list(Sysroot.open(sysroot).commit(checksum).metadata.layers)
 
 
 def main() -> int:
@@ -107,8 +137,15 @@ def main() -> int:
         add_line(raw_file, f"RUN echo raw-{stamp} > /usr/share/bench-change")
         raw_build, raw_commit = raw_build_and_commit(raw_dir, raw_file, sysroot / "ostree/repo")
 
+        deployed = status["checksum"]
+        raw_deploy_s = raw_deploy(sysroot, deployed)
+        old_layers = commit_layers(sysroot, deployed)
+        before = objects_bytes(sysroot / "ostree/repo")
         add_line(systemfile, f"RUN echo os-{stamp} > /usr/share/bench-change")
         change = timed(lambda: os_(sysroot, "upgrade"))
+        grown = objects_bytes(sysroot / "ostree/repo") - before
+        new = __import__("json").loads(os_(sysroot, "status", "--json"))["deployments"][0]["checksum"]
+        added = layer_bytes([d for d in commit_layers(sysroot, new) if d not in old_layers])
 
         # Every layer cached: the build step of `os build` against the same build by hand with the builder.
         cached_raw = statistics.median(
@@ -127,11 +164,15 @@ def main() -> int:
             subprocess.run(["chattr", "-i", str(deployment_dir)], check=False)
         shutil.rmtree(tmp)
 
-    raw = raw_build + raw_commit
+    raw = raw_build + raw_deploy_s
     print(f"no-op os upgrade:            {noop:7.3f} s")
     print(f"one-line change, os upgrade: {change:7.3f} s")
-    print(f"  podman build + ostree commit: {raw:7.3f} s  ({raw_build:.3f} + {raw_commit:.3f})")
-    print(f"  ratio os/raw:                 {change / raw:7.2f}")
+    print(f"  podman build + ostree admin deploy: {raw:7.3f} s  ({raw_build:.3f} + {raw_deploy_s:.3f})")
+    print(f"  ratio os/raw:                       {change / raw:7.2f}")
+    print(f"  a full ostree commit of the tree:   {raw_commit:7.3f} s  (what each upgrade paid before layers)")
+    print(f"repository growth for it:    {grown / 1024:7.1f} KiB")
+    print(f"  the layers it added:          {added / 1024:7.1f} KiB")
+    print(f"  ratio growth/added:           {grown / max(added, 1):7.2f}")
     print(f"cached rebuild, os build's build step: {cached_os:7.3f} s")
     print(f"  the builder by hand:                 {cached_raw:7.3f} s")
     print(f"  ratio os/raw:                        {cached_os / cached_raw:7.2f}")

@@ -136,6 +136,13 @@ def copied(template: System, destination: Path) -> System:
     return copy
 
 
+def own_copy(template: System, tmp_path: Path) -> Iterator[System]:
+    """A copy of `template` for one test (see `copied`), removed after it: `yield from` it in a fixture."""
+    copy = copied(template, tmp_path / "sysroot")
+    yield copy
+    discard(copy)
+
+
 def discard(system: System) -> None:
     """Remove a system made by `copied`, and the tags of its build images."""
     for tag in build_tags(system):

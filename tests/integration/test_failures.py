@@ -104,7 +104,11 @@ def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
     return os_reaching(system, ["upgrade"], lambda line: line.startswith((f"{step}...", f"{step}: ")))
 
 
-@pytest.mark.parametrize("moment", ["build", "commit", "deploy"])
+def without_layers(refs: list[str]) -> list[str]:
+    return [r for r in refs if not r.startswith("arkes/layers/")]
+
+
+@pytest.mark.parametrize("moment", ["build", "layers", "commit", "deploy"])
 def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, moment: str) -> None:
     before = system.snapshot()
     original = system.systemfile.read_text()
@@ -118,12 +122,15 @@ def test_kill_during_upgrade_leaves_the_previous_deployment(system: System, mome
     assert after[0] == before[0], "the previous deployment is intact and default"
     if moment == "deploy":
         # The build was committed before the kill: the build ref may hold it (a complete commit, which the next
-        # upgrade of the same inputs deploys without building again); every other ref is where it was.
-        assert [r for r in after[1] if not r.startswith("arkes/build ")] == [
-            r for r in before[1] if not r.startswith("arkes/build ")
+        # upgrade of the same inputs deploys without building again), with the refs of the layers it was made
+        # of; every other ref is where it was.
+        assert [r for r in without_layers(after[1]) if not r.startswith("arkes/build ")] == [
+            r for r in without_layers(before[1]) if not r.startswith("arkes/build ")
         ]
+        assert set(after[1]) >= {r for r in before[1] if r.startswith("arkes/layers/")}
     else:
-        assert after == before, "an interrupted build or commit moves no ref"
+        # A layer's ref is set with the system commit made of it: a killed import or commit leaves none.
+        assert after == before, "an interrupted build, layer import or commit moves no ref"
     system.fsck()
 
 

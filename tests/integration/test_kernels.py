@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, copied, discard, installed, write_systemfile
+from tests.integration.conftest import System, installed, own_copy, write_systemfile
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,7 @@ def installed_once(tmp_path_factory: pytest.TempPathFactory, base_image: str) ->
 @pytest.fixture
 def system(installed_once: System, tmp_path: Path) -> Iterator[System]:
     """The base system with the stable kernel, a sysroot of each test's own."""
-    copy = copied(installed_once, tmp_path / "sysroot")
-    yield copy
-    discard(copy)
+    yield from own_copy(installed_once, tmp_path)
 
 
 def test_two_flavours_without_a_choice_are_refused_naming_both(

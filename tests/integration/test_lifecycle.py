@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, build_tags, copied, discard, installed
+from tests.integration.conftest import System, build_tags, copied, installed, own_copy
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +56,13 @@ def upgraded_once(installed_once: System, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def system(installed_once: System, tmp_path: Path) -> Iterator[System]:
     """A system as `os install` left it."""
-    copy = copied(installed_once, tmp_path / "sysroot")
-    yield copy
-    discard(copy)
+    yield from own_copy(installed_once, tmp_path)
 
 
 @pytest.fixture
 def upgraded(upgraded_once: System, tmp_path: Path) -> Iterator[System]:
     """A system after its first upgrade: two deployments, the newer one the default."""
-    copy = copied(upgraded_once, tmp_path / "sysroot")
-    yield copy
-    discard(copy)
+    yield from own_copy(upgraded_once, tmp_path)
 
 
 def today() -> str:

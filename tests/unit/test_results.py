@@ -68,6 +68,10 @@ MODELS: dict[str, results.Result] = {
     "checkupdates-none": results.UpdateCheck("2026-12-03T04:40:00+00:00", C, (), ()),
     "images": results.Images((results.Image("localhost/arkes:base", "sha256:" + "e" * 64, False),)),
     "status": status.Status("/srv/sys", ()),
+    "status-shared-keys": status.Status("/", (), identity_from_image=("/etc/ssh/ssh_host_ed25519_key",)),
+    "host-keys": results.HostKeys(
+        (results.HostKey("/etc/ssh/ssh_host_ed25519_key.pub", "ED25519", "SHA256:2Hq0Yc8m5yYh0Xb1l0FQp6nq5R0aQ"),)
+    ),
 }
 
 

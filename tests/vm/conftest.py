@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import OS
 
 
@@ -39,3 +41,14 @@ def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The JSON document a guest script printed on its last line."""
     data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line for the person running the tests (timings of the guest), shown even when output is captured."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)

@@ -23,12 +23,14 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import OS
-from tests.vm.conftest import guest, install_disk, last_json
+from tests.vm.conftest import guest, install_disk, last_json, report
 
 pytestmark = pytest.mark.vm
 
 TIMINGS: dict[str, float] = {}
 KERNELS: dict[str, str] = {}  # the kernel version of each deployment, as the guest booted them
+HOST_KEYS: dict[str, str] = {}  # the SSH host key fingerprints each machine made on its first boot
+SOURCES: list[Path] = []  # the Systemfile the disk was installed from
 
 FACTS = r"""
 fact() { printf '%s=%s\n' "$1" "$2"; }
@@ -46,6 +48,8 @@ fact after_staging "$(cat /etc/arkes-after-staging 2>/dev/null || echo absent)"
 fact hotfix "$(cat /usr/share/arkes-hotfix 2>/dev/null || echo absent)"
 fact menu "$(grep -c menuentry /boot/grub/grub.cfg)"
 fact kernel "$(uname -r)"
+fact hostkeys "$(for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf "$k" | cut -d' ' -f2; done | paste -sd,)"
+fact ssh "$(systemctl is-active ssh.service)"
 fact kernel_package "$(dpkg-query -W -f '${Version}' "linux-image-$(uname -r)")"
 fact status "$(os status --json | tr -d '\n')"
 """
@@ -110,18 +114,19 @@ os status --json | tr -d '\n'
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("vm") / "arkes.img"
     source = tmp_path_factory.mktemp("backports")
     (source / "Systemfile").write_text(BACKPORTS + DEFAULT.read_text().replace("FROM localhost/arkes:base\n", ""))
     start = time.monotonic()
     result = install_disk(path, source / "Systemfile")
+    SOURCES.append(source / "Systemfile")
     TIMINGS["install"] = time.monotonic() - start
     assert "root has no password" in result.stderr
     yield path
     used = int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
-    print("\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
-    print(f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
+    report(request, "\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    report(request, f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
     path.unlink()
 
 
@@ -152,6 +157,8 @@ def test_a_installed_system_boots(disk: Path) -> None:
     found = facts(disk, "boot", then=DAY2)
     assert "~bpo" in found["kernel_package"], f"the backports kernel runs: {found['kernel']} {found['kernel_package']}"
     assert found["kernel"] == found["deployments"][0]["kernel"], "os status names the kernel that runs"
+    assert found["hostkeys"].count("SHA256:") == 3 and found["ssh"] == "active", "the machine made its host keys"
+    HOST_KEYS["first"] = found["hostkeys"]
     assert found["usr"] == "readonly"
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
@@ -199,6 +206,7 @@ def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     new, old = found["deployments"]
     assert found["kernel"] == new["kernel"] != old["kernel"], "each deployment boots its own kernel"
     KERNELS.update(stable=new["kernel"], backports=old["kernel"])
+    assert found["hostkeys"] == HOST_KEYS["first"], "the upgrade to a rebuilt system keeps the machine's host keys"
     assert json.loads(found["rollback"])["default"] == old["checksum"], "os rollback makes the previous the default"
     assert found["marker"] == "marker"
     assert found["heredoc"] == "built from a heredoc"
@@ -258,3 +266,15 @@ def test_h_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None
     assert "the last console lines" in result.stderr and "Boot" in result.stderr
     leftover = subprocess.run(["pgrep", "-f", f"file={blank}"], capture_output=True, text=True, check=False)
     assert leftover.stdout == "", "no QEMU process is left behind"
+
+
+def test_i_a_second_machine_from_the_same_image_makes_keys_of_its_own(tmp_path: Path) -> None:
+    second = tmp_path / "second.img"
+    install_disk(second, SOURCES[0])
+    try:
+        found = facts(second, "second machine")
+    finally:
+        second.unlink()
+    assert found["hostkeys"].count("SHA256:") == 3 and found["ssh"] == "active"
+    assert found["hostkeys"] != HOST_KEYS["first"], "two machines from one image never share a host key"
+    assert not set(found["hostkeys"].split(",")) & set(HOST_KEYS["first"].split(","))

@@ -16,6 +16,7 @@ update and the package's system user are there, no id shared, no failed unit, `o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,11 +27,12 @@ import pytest
 
 from tests.integration.aptrepo import AptRepository, hello_repository
 from tests.integration.conftest import OS
-from tests.vm.conftest import guest
+from tests.vm.conftest import guest, report
 
 pytestmark = pytest.mark.vm
 
 TIMINGS: dict[str, float] = {}
+UPGRADE_STEPS: list[dict[str, float]] = []  # each guest upgrade's steps and their seconds
 
 SYSTEMFILE = """FROM localhost/arkes:base
 ENV SYSTEM_HOSTNAME=server SYSTEM_TIMEZONE=Etc/UTC SYSTEM_LOCALE=C.UTF-8 SYSTEM_KEYMAP=us
@@ -90,6 +92,10 @@ fact shared_gid "$(cut -d: -f3 /etc/group | sort | uniq -d | tr '\n' ' ')"
 fact pg_owner "$(stat -c %U /var/lib/postgresql/17/main)"
 fact hello "$(cat /usr/share/arkes-hello/version 2>/dev/null || echo absent)"
 fact timesyncd "$(systemctl is-enabled systemd-timesyncd)"
+# ssl-cert's certificate (PostgreSQL serves TLS with it): made on this machine at its first boot, then kept.
+fact snakeoil "$(sha256sum /etc/ssl/certs/ssl-cert-snakeoil.pem 2>/dev/null | cut -c1-16 || echo absent)"
+key=/etc/ssl/private/ssl-cert-snakeoil.key
+fact snakeoil_key "$(test -s $key && stat -c %G $key)"
 upgrade() {
     rc=0; os upgrade > /var/log/arkes-test-upgrade.log 2>&1 || rc=$?
     fact upgrade_rc "$rc"
@@ -170,7 +176,9 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     assert result.returncode == 0, result.stderr
     TIMINGS["install"] = time.monotonic() - start
     yield path
-    print("\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    report(request, "\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    for i, steps in enumerate(UPGRADE_STEPS, 1):
+        report(request, f"guest upgrade {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
     if request.session.testsfailed > failed_before:
         print(f"the disk is kept for a look at what failed: os vm {path}")
     else:
@@ -202,16 +210,23 @@ def healthy(found: dict[str, Any]) -> None:
     assert found["shared_uid"] == "" and found["shared_gid"] == "", "no two names share an id"
     assert found["pg_owner"] == "postgres", "the database's files keep their owner"
     assert found["timesyncd"] == "disabled", "a unit the person disabled stays so"
+    assert found["snakeoil"] and found["snakeoil_key"] == "ssl-cert", "the machine made its own certificate"
+    first = CERTIFICATE.setdefault("first", found["snakeoil"])
+    assert found["snakeoil"] == first, "every upgrade keeps the machine's certificate"
 
 
 def upgraded(found: dict[str, Any]) -> None:
     said = found["upgrade"].replace("|", "\n")
+    # Where an upgrade's time goes inside the guest, step by step (printed with the timings at the end).
+    steps = re.findall(r"^([a-z][\w -]*): done \(([\d.]+)s\)$", said, re.MULTILINE)
+    UPGRADE_STEPS.append({step: float(seconds) for step, seconds in steps})
     assert found["upgrade_rc"] == "0", said
     assert "it becomes active on the next boot" in said, said
     assert "CRITICAL" not in said and "Traceback" not in said, said
 
 
 SEEN: dict[str, dict[str, int]] = {}
+CERTIFICATE: dict[str, str] = {}  # the digest of the self-signed certificate the machine made
 
 
 def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepository, str]) -> None:
@@ -222,6 +237,9 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepo
     assert found["failed"] == "" and found["state"] == "running"
     assert found["bob_login"] == "bob:/home/bob:w"
     upgraded(found)
+    # The install copied the build cache onto the disk: the guest's first build runs only the lines it added.
+    (cache,) = re.findall(r"build: (\d+) of (\d+) steps from the cache", found["upgrade"])
+    assert int(cache[0]) >= 3, f"ENV, setup_machine and the package installation come from the cache: {cache}"
     SEEN["uids"], SEEN["gids"] = ids(found["ids"]), ids(found["gids"])
     assert "postgres" in SEEN["uids"] and "bob" in SEEN["uids"] and "carol" not in SEEN["uids"]
 
