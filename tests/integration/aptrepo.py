@@ -149,6 +149,10 @@ class AptRepository:
             self.server.terminate()
             self.server.wait(timeout=10)
             self.server = None
+        if self.home.is_dir():
+            # gpg started an agent for the key's home: it goes with the repository.
+            env = dict(os.environ, GNUPGHOME=str(self.home))
+            subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, check=False)
 
 
 @contextmanager
