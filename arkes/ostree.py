@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -181,14 +182,6 @@ def _quiet_stdout() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
-
-
-@contextmanager
-def _scratch(sysroot: Path) -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="arkes-", dir=sysroot / "ostree/repo/tmp") as scratch:
-        yield scratch
 
 
 _SUFFIX = {
@@ -543,7 +536,7 @@ class Sysroot:
         out, anywhere else they are an error."""
         repo = self._repo
         dirty = _dirty_dirs(diff, emptied)
-        with _scratch(self.path) as scratch:
+        with tempfile.TemporaryDirectory(prefix="arkes-layer-", dir=self.scratch_dir()) as scratch:
             repo.prepare_transaction(None)
             try:
                 mtree = OSTree.MutableTree.new()
