@@ -40,6 +40,9 @@ class Plan:
     input_hash: str
     manifest: tuple[tuple[str, str], ...]
     package_state: packages.State = dataclasses.field(default_factory=lambda: packages.State({}))
+    # The fingerprint of packages a build brought up to date at this package state (see builderfile.update_step):
+    # a hint that spares the repositories a question, no input of the build.
+    current_packages: str = ""
 
     @property
     def base_digest(self) -> str:
@@ -135,6 +138,17 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
 
 
+PACKAGE_STAMP = "usr/lib/arkes/package-state"  # "STATE FINGERPRINT", written by update_packages
+
+
+def current_packages(sysroot: Sysroot, checksum: str, p: Plan) -> Plan:
+    """`p` with the hint that commit `checksum`'s packages are up to date at `p`'s package state, when they are."""
+    recorded = (sysroot.read_commit_file(checksum, PACKAGE_STAMP) or b"").decode(errors="replace").split()
+    if len(recorded) == 2 and p.package_state.digest and recorded[0] == p.package_state.digest:
+        return dataclasses.replace(p, current_packages=recorded[1])
+    return p
+
+
 def image_release_urls(ref: str) -> list[str]:
     """The package repositories an image's apt is configured with (see packages.release_urls)."""
     with podman.mounted_container(ref) as root:
@@ -203,7 +217,11 @@ def build(
         from arkes import builderfile
 
         translated = builderfile.translate(
-            p.systemfile, p.context, Path(tmp) / "contexts", package_state=p.package_state.digest
+            p.systemfile,
+            p.context,
+            Path(tmp) / "contexts",
+            package_state=p.package_state.digest,
+            current_packages=p.current_packages,
         )
         containerfile = Path(tmp) / "Systemfile"
         containerfile.write_text(translated.text)
@@ -235,7 +253,7 @@ def build(
                 f"boot): {', '.join(stripped)}"
             )
         with log.step("check"):
-            allowed = lint.check(root, allow_secrets)
+            allowed = lint.check(root, allow_secrets, cache=images.cache_dir() / "checks")
         for path in allowed:
             log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
         packages = tree.packages(root)
@@ -258,7 +276,8 @@ def build(
             allowed_secrets=tuple(allowed),
             layers=checkout.layers,
         )
-        total = commit_entries(root)
+        # Counted for the progress of a commit that reads every file; one of layers takes a fraction of a second.
+        total = commit_entries(root) if checkout.known is None else 0
         with log.step("commit") as progress:
             checksum = sysroot.write_commit(
                 root,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +75,35 @@ def is_arkes_system() -> bool:
     return "ID=arkes" in release.split()
 
 
+_host_storage: Future[list[str]] | None = None
+_host_storage_lock = threading.Lock()
+
+
+def _ask_host_storage(answer: Future[list[str]]) -> None:
+    fields = "{{.Store.GraphRoot}}\n{{.Store.RunRoot}}\n{{.Store.GraphDriverName}}"
+    try:
+        result = run.run(["podman", "info", "--format", fields], what="podman info (the host's container storage)")
+        answer.set_result([*result.stdout.split("\n"), "", "", ""][:3])
+    except BaseException as e:
+        answer.set_exception(e)
+
+
+def host_storage() -> Future[list[str]]:
+    """Where the host's Podman keeps its images (graph root, run root, driver): asked once, in the background, as
+    `podman info` takes a good part of a second; a caller can start it early and wait for it when it builds."""
+    global _host_storage
+    with _host_storage_lock:
+        if _host_storage is None:
+            _host_storage = Future()
+            threading.Thread(target=_ask_host_storage, args=(_host_storage,), daemon=True).start()
+        return _host_storage
+
+
 def resolve(image: str, state: Path) -> Builder:
     """The builder for this machine; `image` is the distribution image whose Buildah a non-Arkēs host runs."""
     if is_arkes_system():
         return Builder(None, Path("/var/lib/containers/storage"), Path("/run/containers/storage"), "overlay", state)
-    fields = "{{.Store.GraphRoot}}\n{{.Store.RunRoot}}\n{{.Store.GraphDriverName}}"
-    result = run.run(["podman", "info", "--format", fields], what="podman info (the host's container storage)")
-    graphroot, runroot, driver = [*result.stdout.split("\n"), "", "", ""][:3]
+    graphroot, runroot, driver = host_storage().result()
     return Builder(image, Path(graphroot), Path(runroot), driver or "overlay", state)
 
 
@@ -187,6 +211,8 @@ def build(
                 on_step(*step)
         elif line.startswith("--> Using cache "):
             cached[0] += 1
+        elif line.startswith("update_packages: "):
+            log.info(line)  # what the package step did: the changes it made, or why it made none
 
     try:
         run.stream(

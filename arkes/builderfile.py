@@ -16,6 +16,9 @@ builder says still points at the Systemfile's own lines:
 One step is added after the last line: `update_packages` with the package state (see arkes.packages) in its command
 line. Every layer above it stays cached while the Systemfile is unchanged; when the repositories publish new
 versions, the state and so this step change, and it alone runs again, bringing every installed package up to date.
+When the Systemfile changed, the step runs after the changed lines; given the fingerprint of the packages of an
+image it brought up to date at the same state, it leaves an image with the same fingerprint as it is without
+asking the repositories (a line that installs nothing costs no package work).
 """
 
 from __future__ import annotations
@@ -48,14 +51,18 @@ class Translated:
 UPDATE_HELPER = "/usr/lib/system/update_packages"
 
 
-def update_step(package_state: str) -> str:
-    """The last step of every build whose image has package repositories (see the module's docstring)."""
-    script = f'[ ! -x {UPDATE_HELPER} ] || exec {UPDATE_HELPER} "$0"'
-    return "RUN " + json.dumps(["/bin/sh", "-c", script, package_state])
+def update_step(package_state: str, current: str = "") -> str:
+    """The last step of every build whose image has package repositories (see the module's docstring). `current`:
+    the fingerprint of packages already up to date at `package_state` (a helper's second argument)."""
+    script = f'[ ! -x {UPDATE_HELPER} ] || exec {UPDATE_HELPER} "$0" "$1"'
+    return "RUN " + json.dumps(["/bin/sh", "-c", script, package_state, current])
 
 
-def translate(sf: Systemfile, context: Path, staging: Path, *, package_state: str = "") -> Translated:
-    """Rewrite `sf` for the builder; build contexts for `COPY --parents` are staged under `staging`."""
+def translate(
+    sf: Systemfile, context: Path, staging: Path, *, package_state: str = "", current_packages: str = ""
+) -> Translated:
+    """Rewrite `sf` for the builder; build contexts for `COPY --parents` are staged under `staging`.
+    `current_packages`: see update_step."""
     lines = sf.text.removeprefix(BOM).split("\n")
     _escape_first(lines)
     contexts: dict[str, Path] = {}
@@ -79,7 +86,7 @@ def translate(sf: Systemfile, context: Path, staging: Path, *, package_state: st
     if problems:
         raise ValidationError(problems, hint="copy those sources one COPY each, to their full destination path")
     if package_state:
-        lines += ["", "# added by os: the package state of this build", update_step(package_state)]
+        lines += ["", "# added by os: the package state of this build", update_step(package_state, current_packages)]
     return Translated("\n".join(lines), contexts)
 
 

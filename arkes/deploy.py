@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import bootloader, build, du, etc, identity, images, log, packages, podman, preflight, run
+from arkes import bootloader, build, builder, du, etc, identity, images, log, packages, podman, preflight, run
 from arkes.errors import UsageError
 from arkes.records import BUILD_REF, Metadata
 from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
@@ -181,6 +181,8 @@ def upgrade(
         sysroot.reload()
         machine_etc = target.system_etc
         path = target.systemfile()
+        if not builder.is_arkes_system():
+            builder.host_storage()  # asked beside the plan and the repositories, not after them
         p = build.plan(path, target.kargs)
         default = sysroot.default()
         current = sysroot.commit(default.checksum) if default is not None else None
@@ -193,6 +195,8 @@ def upgrade(
         if reuse and current is not None and current.metadata.input_hash == p.input_hash:
             log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+        if current is not None:
+            p = build.current_packages(sysroot, current.checksum, p)
         result = _downloaded(sysroot, p) if reuse else None
         if result is None:
             result = build.build(sysroot, p, secrets=secrets, allow_secrets=allow_secrets)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
             known = sysroot.checkout_layers(commits, work / "root")
         yield Tree(work / "root", known, tuple(layer.digest for layer in layers), imported)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        # Tens of thousands of links: removed beside what comes next (the deploy), not before it. The process
+        # waits for the thread before it exits; a kill leaves the tree to the next build's _remove_stale.
+        threading.Thread(target=shutil.rmtree, args=(work,), kwargs={"ignore_errors": True}).start()
 
 
 def _remove_stale(scratch: Path) -> None:

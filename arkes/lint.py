@@ -6,7 +6,9 @@ booting system.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import lzma
 import os
 import re
@@ -37,7 +39,7 @@ def _kernel(root: Path) -> str | None:
     return None
 
 
-def _initramfs(root: Path) -> str | None:
+def _initramfs(root: Path, cache: Path | None = None) -> str | None:
     found = tree.kernels(root)
     failures = []
     for kernel in found:
@@ -46,8 +48,7 @@ def _initramfs(root: Path) -> str | None:
                 f"no initramfs for kernel {kernel.version} (/usr/lib/modules/{kernel.version}/initramfs.img)"
             )
             continue
-        names = initramfs_names(kernel.initramfs)
-        if not any(marker in names for marker in OSTREE_MARKERS):
+        if not has_ostree_module(kernel.initramfs, cache):
             failures.append(
                 f"the initramfs of kernel {kernel.version} lacks the ostree dracut module "
                 "(rebuild it with `dracut --no-hostonly --add ostree`, which `post_build` does)"
@@ -87,13 +88,18 @@ CHECKS: dict[str, Callable[[Path], str | None]] = {
 }
 
 
-def failures(root: Path) -> list[str]:
-    return [f"{name}: {message}" for name, check in CHECKS.items() if (message := check(root))]
+def failures(root: Path, cache: Path | None = None) -> list[str]:
+    """Every check's failure. `cache`: a directory that keeps what was read from an initramfs, by its content."""
+    checks: dict[str, Callable[[Path], str | None]] = {
+        **CHECKS,
+        "initramfs": functools.partial(_initramfs, cache=cache),
+    }
+    return [f"{name}: {message}" for name, check in checks.items() if (message := check(root))]
 
 
-def check(root: Path, allowed_secrets: Collection[str] = ()) -> list[str]:
+def check(root: Path, allowed_secrets: Collection[str] = (), cache: Path | None = None) -> list[str]:
     """The bootability checks, then the scan for private keys; return the keys `allowed_secrets` let through."""
-    found = failures(root)
+    found = failures(root, cache)
     if found:
         raise LintError(found)
     every = private_keys(root)
@@ -164,9 +170,29 @@ def private_keys(root: Path) -> list[PrivateKey]:
 # --- reading an initramfs -----------------------------------------------------------------------------------
 
 
-def initramfs_names(path: Path) -> set[str]:
-    """Every member name of an initramfs: uncompressed cpio segments (early microcode) then a compressed one."""
+def has_ostree_module(path: Path, cache: Path | None = None) -> bool:
+    """Whether the initramfs at `path` holds the ostree dracut module. Unpacking one takes a good part of a second
+    and most builds keep the kernel's, so with a `cache` directory the answer is kept under the file's SHA-256."""
     data = path.read_bytes()
+    known = cache / f"initramfs-{hashlib.sha256(data).hexdigest()}" if cache is not None else None
+    if known is not None and known.is_file():
+        return known.read_text().strip() == "ostree"
+    names = initramfs_names(path, data)
+    found = any(marker in names for marker in OSTREE_MARKERS)
+    if known is not None:
+        try:
+            known.parent.mkdir(parents=True, exist_ok=True)
+            partial = known.with_name(f"{known.name}.{os.getpid()}.tmp")
+            partial.write_text("ostree\n" if found else "none\n")
+            partial.replace(known)
+        except OSError:
+            pass  # a cache that cannot be written only costs the next build the same unpacking
+    return found
+
+
+def initramfs_names(path: Path, data: bytes | None = None) -> set[str]:
+    """Every member name of an initramfs: uncompressed cpio segments (early microcode) then a compressed one."""
+    data = path.read_bytes() if data is None else data
     names: set[str] = set()
     offset = 0
     while offset < len(data):

@@ -46,6 +46,22 @@ def test_package_updates_reach_the_machine(
     assert "build" not in unchanged.stderr.replace("up to date", ""), unchanged.stderr
     assert system.os("checkupdates", check=False).returncode == 2
 
+    # A line that installs nothing: its packages are those already brought up to date at this package state, so
+    # the repositories are not asked again; a line that installs a package changes them, and they are. (The first
+    # install ran its package step against the base image's repositories only, before the Systemfile added one.)
+    system.add_line("RUN echo a line > /usr/share/arkes-a-line")
+    first = system.os("upgrade").stderr
+    assert "every package is at its repository's version" in first, first
+    system.add_line("RUN echo one more line > /usr/share/arkes-one-more-line")
+    quick = system.os("upgrade").stderr
+    assert "brought up to date at this package state already" in quick, quick
+    assert installed_version(system) == "1.0"
+    system.add_line("RUN install_packages hello")
+    asked = system.os("upgrade").stderr
+    assert "brought up to date at this package state" not in asked, asked
+    assert "every package is at its repository's version" in asked, asked
+    assert (system.deployment_dir() / "usr/bin/hello").is_file()
+
     # A fix is published: 1.1, which needs a package the repository adds; another new package nobody asked for.
     repo.add("arkes-extra", "1.0", files={"/usr/share/arkes-extra/here": "yes\n"})
     repo.add("arkes-hello", "1.1", depends="arkes-extra", files={"/usr/share/arkes-hello/version": "1.1\n"})
@@ -84,6 +100,12 @@ def test_package_updates_reach_the_machine(
         assert f"cannot reach a package repository, its packages count as unchanged: {repo.url}" in offline.stderr
     finally:
         repo.serve_again()
+    # A one-line change once the repositories moved on: the recorded fingerprint is of another package state, so
+    # the update runs in full and takes 1.2.
+    system.add_line("RUN echo another line > /usr/share/arkes-another-line")
+    moved = system.os("upgrade").stderr
+    assert "brought up to date at this package state" not in moved and "arkes-hello 1.1 -> 1.2" in moved, moved
+    assert installed_version(system) == "1.2"
     system.fsck()
 
 

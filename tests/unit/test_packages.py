@@ -137,7 +137,7 @@ def test_the_builder_runs_update_packages_last_with_the_state(tmp_path: Path) ->
     text = builderfile.translate(sf, tmp_path, tmp_path / "staging", package_state="cafe").text
     lines = text.split("\n")
     assert lines[:2] == ["FROM localhost/arkes:base", "RUN post_build"]
-    assert lines[-1].startswith('RUN ["/bin/sh", "-c", ') and lines[-1].endswith('"cafe"]')
+    assert lines[-1].startswith('RUN ["/bin/sh", "-c", ') and lines[-1].endswith('"cafe", ""]')
     assert builderfile.UPDATE_HELPER in lines[-1]
 
 
