@@ -2,7 +2,7 @@
 DISK ?= build/arkes.img
 OS := .venv/bin/os
 
-.PHONY: setup images run test lint bench clean
+.PHONY: setup images run test lint bench bench-vm clean
 
 setup:
 	@scripts/setup
@@ -24,6 +24,9 @@ lint: setup
 
 bench: images
 	.venv/bin/python bench/upgrade.py
+
+bench-vm: images
+	.venv/bin/python bench/vm.py
 
 clean:
 	rm -rf build

@@ -46,7 +46,6 @@ _R = TypeVar("_R")
 _OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
-_AT_FDCWD = -100
 
 
 @dataclass(frozen=True)
@@ -588,7 +587,13 @@ class Sysroot:
         options = OSTree.RepoCheckoutAtOptions()
         options.force_copy_zerosized = True
         options.set_devino(cache)
-        repo.checkout_at(options, _AT_FDCWD, os.fspath(destination), union, None)
+        # Named from the repository's own directory: on a booted system libostree reaches the repository through
+        # another mount of the same filesystem than the path does, and a hard link between two mounts is refused
+        # (EXDEV), on which libostree quietly copies every file instead.
+        inside = os.path.relpath(destination, self.repo_path)
+        if inside.startswith(".."):
+            raise ArkesError(f"{destination} is not inside the repository {self.repo_path}")
+        repo.checkout_at(options, repo.get_dfd(), inside, union, None)
         return Checkout(cache)
 
     @_wrap("listing image layers")
