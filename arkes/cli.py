@@ -205,7 +205,7 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
 
     report = updates.check(open_target(args), packages=not getattr(args, "no_packages", False))
     for error in report.errors:
-        log.logger.error(f"error: {error}")
+        log.error(f"error: {error}")
     show(args, report)
     if report.findings:
         return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from dataclasses import dataclass
 from typing import ClassVar
@@ -69,6 +68,8 @@ class Status(model.Result):
 
 
 def collect(target: Target) -> Status:
+    import datetime  # not for a status that needs no commit read
+
     sysroot = target.sysroot
     booted = sysroot.booted
     result = []

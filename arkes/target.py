@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import tree
 from arkes.errors import ArkesError, UsageError
-from arkes.records import STATEROOT
+from arkes.names import STATEROOT
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
@@ -29,6 +28,8 @@ def is_booted_root(path: Path) -> bool:
 
 def machine_kargs(system_dir: Path) -> tuple[str, ...]:
     """The machine's own kernel arguments: /etc/system/kargs, one or more per line, `#` comments."""
+    from arkes import tree  # not for `os status`, which needs this module's paths alone
+
     path = system_dir / "kargs"
     return tuple(tree.read_kargs(path.read_text())) if path.is_file() else ()
 
