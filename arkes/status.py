@@ -84,7 +84,8 @@ class Listing:
 
 
 def listing(sysroot: Sysroot) -> Listing:
-    """The deployments of a loaded sysroot, each with what its commit records."""
+    """The deployments of a loaded sysroot, each with what its commit records. Cached listings are this function's
+    results: a change in what it reads, or how, needs statuscache.FORMAT raised."""
     import datetime  # not for a status built from the cache
 
     booted = sysroot.booted
