@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Sequence
 
 from arkes import cli, log
@@ -22,39 +21,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 1
     except KeyboardInterrupt:
-        log.logger.error("interrupted")
+        log.error("interrupted")
         return 130
     except ValidationError as e:
         if args.debug:
-            traceback.print_exc()
+            _traceback()
         for problem in e.problems:
-            log.logger.error(f"error: {problem}")
+            log.error(f"error: {problem}")
         if e.hint:
-            log.logger.error(f"hint: {e.hint}")
+            log.error(f"hint: {e.hint}")
         return e.exit_code
     except ArkesError as e:
         if args.debug:
-            traceback.print_exc()
-        log.logger.error(f"error: {e.message}")
+            _traceback()
+        log.error(f"error: {e.message}")
         if e.hint:
-            log.logger.error(f"hint: {e.hint}")
+            log.error(f"hint: {e.hint}")
         return e.exit_code
     except OSError as e:
         if args.debug:
-            traceback.print_exc()
-        log.logger.error(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+            _traceback()
+        log.error(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
         if e.errno == 28:
-            log.logger.error("hint: free some space (`os prune`) and try again")
+            log.error("hint: free some space (`os prune`) and try again")
         return 1
     except Exception as e:
         if not _is_glib_error(e):
             raise
         # libostree, GLib and Gio report through GLib.Error; whatever no caller wrapped still becomes one message.
         if args.debug:
-            traceback.print_exc()
-        log.logger.error(f"error: {getattr(e, 'message', None) or e}")
-        log.logger.error("hint: run the command again with --debug to see where it failed")
+            _traceback()
+        log.error(f"error: {getattr(e, 'message', None) or e}")
+        log.error("hint: run the command again with --debug to see where it failed")
         return 1
+
+
+def _traceback() -> None:
+    import traceback  # for --debug alone: a command that succeeds never needs it
+
+    traceback.print_exc()
 
 
 def _is_glib_error(e: BaseException) -> bool:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from arkes import __version__, builder, images, layers, lint, log, packages, podman, tree
 from arkes.errors import UsageError
-from arkes.records import BUILD_REF, Metadata
+from arkes.names import BUILD_REF
+from arkes.records import Metadata
 
 if TYPE_CHECKING:
     # The grammar is loaded only by what parses a Systemfile, so that `os status` does not pay for it.

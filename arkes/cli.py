@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from arkes import __version__, log, model, status
+from arkes import __version__, log, model, status, statuscache
 from arkes.errors import UsageError
 from arkes.target import Target, given_path, is_booted_root
 
@@ -142,6 +142,7 @@ def cli_install(args: argparse.Namespace) -> int:
     outcome = deploy.install(
         path, _systemfile_arg(args), secrets=_secrets_arg(args), allow_secrets=_allowed_secrets_arg(args)
     )
+    statuscache.refresh(path)
     show(args, results.Installed(**_outcome_fields(outcome), path=str(path)))
     return 0
 
@@ -189,6 +190,8 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         secrets=_secrets_arg(args),
         allow_secrets=_allowed_secrets_arg(args),
     )
+    if outcome.deployed:
+        statuscache.refresh(target.path)
     show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
     if args.reboot and outcome.deployed:
         if not target.booted:
@@ -205,7 +208,7 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
 
     report = updates.check(open_target(args), packages=not getattr(args, "no_packages", False))
     for error in report.errors:
-        log.logger.error(f"error: {error}")
+        log.error(f"error: {error}")
     show(args, report)
     if report.findings:
         return 0
@@ -246,7 +249,9 @@ def cli_du(args: argparse.Namespace) -> int:
 def cli_unlock(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    deploy.unlock(open_target(args), hotfix=args.hotfix)
+    target = open_target(args)
+    deploy.unlock(target, hotfix=args.hotfix)
+    statuscache.refresh(target.path)
     return 0
 
 
@@ -275,18 +280,23 @@ def cli_edit(args: argparse.Namespace) -> int:
 def _upgrade(target: Target) -> None:
     from arkes import deploy
 
-    deploy.upgrade(target, deploy=True)
+    if deploy.upgrade(target, deploy=True).deployed:
+        statuscache.refresh(target.path)
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    show(args, status.collect(open_target(args)))
+    path = given_path(args.sysroot)
+    show(args, statuscache.collect(path, lambda: status.listing(open_target(args).sysroot)))
     return 0
 
 
 def cli_revert(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    show(args, deploy.revert(open_target(args, writes=True).sysroot))
+    target = open_target(args, writes=True)
+    result = deploy.revert(target.sysroot)
+    statuscache.refresh(target.path)
+    show(args, result)
     return 0
 
 
@@ -302,21 +312,30 @@ def cli_rotate_host_keys(args: argparse.Namespace) -> int:
 def cli_rollback(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    show(args, deploy.rollback(open_target(args, writes=True).sysroot))
+    target = open_target(args, writes=True)
+    result = deploy.rollback(target.sysroot)
+    statuscache.refresh(target.path)
+    show(args, result)
     return 0
 
 
 def cli_prune(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    show(args, deploy.prune(open_target(args, writes=True).sysroot, args.keep))
+    target = open_target(args, writes=True)
+    result = deploy.prune(target.sysroot, args.keep)
+    statuscache.refresh(target.path)
+    show(args, result)
     return 0
 
 
 def cli_pin(args: argparse.Namespace) -> int:
     from arkes import deploy
 
-    show(args, deploy.pin(open_target(args, writes=True).sysroot, args.index, not args.unpin))
+    target = open_target(args, writes=True)
+    result = deploy.pin(target.sysroot, args.index, not args.unpin)
+    statuscache.refresh(target.path)
+    show(args, result)
     return 0
 
 

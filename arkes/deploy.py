@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from arkes import bootloader, build, builder, du, etc, identity, images, log, packages, podman, preflight, run
 from arkes.errors import UsageError
-from arkes.records import BUILD_REF, Metadata
+from arkes.names import BUILD_REF
+from arkes.records import Metadata
 from arkes.results import Outcome, Pinned, Pruned, Reverted, RolledBack
 from arkes.target import SYSTEM_DIR, Target, machine_kargs
 

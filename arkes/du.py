@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arkes import podman
-from arkes.records import BUILD_REF
+from arkes.names import BUILD_REF
 from arkes.results import DeploymentUsage, Usage
 
 if TYPE_CHECKING:

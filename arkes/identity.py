@@ -9,7 +9,6 @@ come from an image, which `os status` warns about until `os rotate-host-keys` re
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -17,14 +16,27 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import log, tree
+from arkes import log
 from arkes.errors import UsageError
 
 if TYPE_CHECKING:
     from arkes.results import HostKey
 
-# The identity files of tree.IDENTITY that live in /etc, relative to it.
-ETC_IDENTITY = tuple(p.removeprefix("etc/") for p in tree.IDENTITY if p.startswith("etc/"))
+# What makes one machine this machine, which packages generate when they are installed (at build time): no image
+# carries it, or every machine made from it would share it. Each machine makes its own on its first boot
+# (arkes-identity.service); /etc/machine-id stays, empty, which is how systemd knows a first boot.
+IDENTITY = (
+    "etc/ssh/ssh_host_*_key",
+    "etc/ssh/ssh_host_*_key.pub",
+    "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "var/lib/systemd/random-seed",
+    "var/lib/systemd/credential.secret",
+    "var/lib/dbus/machine-id",
+)
+MACHINE_ID = "etc/machine-id"
+# Those that live in /etc, relative to it.
+ETC_IDENTITY = tuple(p.removeprefix("etc/") for p in IDENTITY if p.startswith("etc/"))
 HOST_KEYS = "ssh/ssh_host_*_key"
 # In the machine's state directory: the digests of identity files that came from an image (one per line).
 FROM_IMAGE = "identity-from-image"
@@ -36,7 +48,13 @@ def files(etc: Path) -> list[Path]:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _sha256(path.read_bytes())
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # OpenSSL's library takes milliseconds to load; `os status` needs it only when there is a record
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -89,7 +107,7 @@ def from_image(etc: Path, state_dir: Path, defaults: Iterable[Path]) -> list[str
             shipped = any((d / relative).is_file() and (d / relative).read_bytes() == data for d in default_dirs)
         except OSError:
             continue  # a private key only root reads: `os status` run by someone else cannot tell
-        if shipped or hashlib.sha256(data).hexdigest() in recorded:
+        if shipped or (recorded and _sha256(data) in recorded):
             found.append(f"/etc/{relative}")
     return found
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arkes import log, podman, tree
-from arkes.records import layer_ref
+from arkes.names import layer_ref
 
 if TYPE_CHECKING:
     from arkes.ostree import Checkout, Sysroot

@@ -1,22 +1,45 @@
-"""Output for people: steps, progress and notes on stderr. Nothing else in the package prints for people."""
+"""Output for people: steps, progress and notes on stderr. Nothing else in the package prints for people.
+
+Python's logging module is loaded with the first message, not before: a command with nothing to say (`os status`
+from its cache) is over in less time than loading it and what it needs takes.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-logger = logging.getLogger("arkes")
+if TYPE_CHECKING:
+    import logging
+
+NAME = "arkes"
+_debug: bool | None = None  # as `setup` was told; None: never set up (a library caller's logging applies)
+_logger: logging.Logger | None = None
 
 
 def setup(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
+    global _debug, _logger
+    _debug, _logger = debug, None
+
+
+def logger() -> logging.Logger:
+    """The logger of `os`, set up as `setup` was told on first use."""
+    global _logger
+    if _logger is None:
+        import logging
+
+        found = logging.getLogger(NAME)
+        if _debug is not None:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            found.handlers[:] = [handler]
+            found.setLevel(logging.DEBUG if _debug else logging.INFO)
+            found.propagate = False
+        _logger = found
+    return _logger
 
 
 def is_tty() -> bool:
@@ -24,15 +47,21 @@ def is_tty() -> bool:
 
 
 def info(message: str) -> None:
-    logger.info(message)
+    logger().info(message)
 
 
 def warn(message: str) -> None:
-    logger.warning(f"warning: {message}")
+    logger().warning(f"warning: {message}")
+
+
+def error(message: str) -> None:
+    logger().error(message)
 
 
 def debug(message: str) -> None:
-    logger.debug(message)
+    if _debug is False:
+        return  # set up without --debug: dropped, without loading logging for it
+    logger().debug(message)
 
 
 class Progress:
@@ -43,7 +72,9 @@ class Progress:
         self.start = time.monotonic()
         self._last_line = ""
         self._last_tenth = -1
-        self._tty = is_tty() and logger.isEnabledFor(logging.INFO) and not logger.isEnabledFor(logging.DEBUG)
+        import logging
+
+        self._tty = is_tty() and logger().isEnabledFor(logging.INFO) and not logger().isEnabledFor(logging.DEBUG)
 
     def update(self, fraction: float | None, detail: str = "") -> None:
         if self._tty:
@@ -64,14 +95,14 @@ class Progress:
                     return
                 self._last_tenth = tenth
             self._last_line = detail
-            logger.info(f"{self.name}: {detail}")
+            info(f"{self.name}: {detail}")
 
     def finish(self, ok: bool) -> None:
         elapsed = time.monotonic() - self.start
         if self._tty:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
-        logger.info(f"{self.name}: {'done' if ok else 'failed'} ({elapsed:.1f}s)")
+        info(f"{self.name}: {'done' if ok else 'failed'} ({elapsed:.1f}s)")
 
 
 @contextmanager
@@ -79,7 +110,7 @@ def step(name: str) -> Iterator[Progress]:
     """A named step: announced, timed, and closed with done/failed."""
     progress = Progress(name)
     if not progress._tty:
-        logger.info(f"{name}...")
+        info(f"{name}...")
     ok = False
     try:
         yield progress

@@ -28,17 +28,8 @@ __all__ = ["BUILD_REF", "STATEROOT", "BootEntry", "Commit", "Deployment", "Metad
 
 from arkes import log  # noqa: E402
 from arkes.errors import ArkesError, LockedError  # noqa: E402
-from arkes.records import (  # noqa: E402
-    BUILD_REF,
-    LAYER_REFS,
-    ORIGIN_GROUP,
-    STATEROOT,
-    BootEntry,
-    Commit,
-    Deployment,
-    Metadata,
-    layer_ref,
-)
+from arkes.names import BUILD_REF, LAYER_REFS, ORIGIN_GROUP, STATEROOT, layer_ref  # noqa: E402
+from arkes.records import BootEntry, Commit, Deployment, Metadata  # noqa: E402
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

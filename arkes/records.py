@@ -7,18 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STATEROOT = "arkes"
-# The newest commit `os build` made; keeps it alive for a later deploy even when nothing deploys it yet.
-BUILD_REF = "arkes/build"
-ORIGIN_GROUP = "arkes"
-
-LAYER_REFS = "arkes/layers/"  # each image layer's commit, by digest (see arkes.layers)
-
-
-def layer_ref(digest: str) -> str:
-    """The ref of an image layer's commit: arkes/layers/HEX."""
-    return LAYER_REFS + digest.removeprefix("sha256:")
-
 
 @dataclass(frozen=True)
 class Metadata:

@@ -1,14 +1,18 @@
-"""The status model of a system. Collected from libostree; JSON and the human table are pure functions of it."""
+"""The status model of a system. Its deployments are listed by libostree (or kept from an earlier listing, see
+arkes.statuscache); JSON and the human table are pure functions of it."""
 
 from __future__ import annotations
 
-import datetime
 import json
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from arkes import model
-from arkes.target import Target
+from arkes.target import UPDATE_CHECK, machine_etc
+
+if TYPE_CHECKING:
+    from arkes.ostree import Sysroot
 
 API_VERSION = model.API_VERSION
 
@@ -68,11 +72,26 @@ class Status(model.Result):
         ]
 
 
-def collect(target: Target) -> Status:
-    sysroot = target.sysroot
+@dataclass(frozen=True)
+class Listing:
+    """The deployments part of a status, as libostree lists them, with where their files are: each deployment's
+    directory (`roots`, in the same order) and the machine's /etc. What arkes.statuscache keeps between runs."""
+
+    sysroot: str
+    deployments: tuple[Deployment, ...]
+    roots: tuple[Path, ...]
+    etc: Path | None
+
+
+def listing(sysroot: Sysroot) -> Listing:
+    """The deployments of a loaded sysroot, each with what its commit records. Cached listings are this function's
+    results: a change in what it reads, or how, needs statuscache.FORMAT raised."""
+    import datetime  # not for a status built from the cache
+
     booted = sysroot.booted
+    found = sysroot.deployments()
     result = []
-    for index, d in enumerate(sysroot.deployments()):
+    for index, d in enumerate(found):
         commit = sysroot.commit(d.checksum)
         meta = commit.metadata
         result.append(
@@ -98,9 +117,17 @@ def collect(target: Target) -> Status:
                 unlocked=d.unlocked,
             )
         )
+    roots = tuple(sysroot.deployment_dir(d) for d in found)
+    etc = machine_etc(sysroot.path, roots[0] if roots else None)
+    return Listing(str(sysroot.path), tuple(result), roots, etc)
+
+
+def finish(found: Listing, state_dir: Path) -> Status:
+    """The status of the system whose deployments are `found`: with what its state directory says now (the last
+    update check) and whether its identity files came from an image. Plain file reads, no libostree."""
     last = None
     try:
-        report = json.loads(target.update_check.read_text())
+        report = json.loads((state_dir / UPDATE_CHECK).read_text())
     except (OSError, ValueError):
         report = None
     if isinstance(report, dict):
@@ -110,10 +137,9 @@ def collect(target: Target) -> Status:
     from arkes import identity
 
     shared: list[str] = []
-    if target.etc is not None:
-        defaults = [sysroot.deployment_dir(d) / "usr/etc" for d in sysroot.deployments()]
-        shared = identity.from_image(target.etc, target.state_dir, defaults)
-    return Status(str(sysroot.path), tuple(result), last, tuple(shared))
+    if found.etc is not None:
+        shared = identity.from_image(found.etc, state_dir, [root / "usr/etc" for root in found.roots])
+    return Status(found.sysroot, found.deployments, last, tuple(shared))
 
 
 def to_json(status: Status) -> model.JSON:

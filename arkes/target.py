@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import tree
 from arkes.errors import ArkesError, UsageError
-from arkes.records import STATEROOT
+from arkes.names import STATEROOT
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
 BOOTED_MARKER = Path("/run/ostree-booted")
 SYSTEM_DIR = "etc/system"
 STATE_DIR = "lib/arkes"  # below the machine's /var
+UPDATE_CHECK = "checkupdates.json"  # in the state directory
 
 
 def is_booted_root(path: Path) -> bool:
@@ -27,8 +27,23 @@ def is_booted_root(path: Path) -> bool:
     return path == Path("/") and BOOTED_MARKER.exists()
 
 
+def var_dir(path: Path) -> Path:
+    """The /var of the system at `path`: the running one on a booted system, else the stateroot's."""
+    return Path("/var") if is_booted_root(path) else path / "ostree/deploy" / STATEROOT / "var"
+
+
+def machine_etc(path: Path, default: Path | None) -> Path | None:
+    """The /etc of the system at `path`: the running one on a booted system, else that of the default deployment
+    (`default`, its directory); None while there is none."""
+    if is_booted_root(path):
+        return Path("/etc")
+    return default / "etc" if default is not None else None
+
+
 def machine_kargs(system_dir: Path) -> tuple[str, ...]:
     """The machine's own kernel arguments: /etc/system/kargs, one or more per line, `#` comments."""
+    from arkes import tree  # not for `os status`, which needs this module's paths alone
+
     path = system_dir / "kargs"
     return tuple(tree.read_kargs(path.read_text())) if path.is_file() else ()
 
@@ -71,16 +86,11 @@ class Target:
         if not Sysroot.is_initialized(path):
             raise UsageError(f"{path} holds no Arkēs system", hint=f"install one with `os --sysroot {path} install`")
         sysroot = Sysroot.open(path, private_mounts=writes)
-        booted = is_booted_root(path)
         default = sysroot.default()
-        if booted:
-            etc: Path | None = Path("/etc")
-        else:
-            etc = sysroot.deployment_dir(default) / "etc" if default is not None else None
-        var = Path("/var") if booted else path / "ostree/deploy" / STATEROOT / "var"
+        etc = machine_etc(path, sysroot.deployment_dir(default) if default is not None else None)
         kargs = machine_kargs(etc / "system") if etc is not None else ()
         given = systemfile.absolute() if systemfile is not None else None
-        return cls(sysroot, booted, etc, var, kargs, given)
+        return cls(sysroot, is_booted_root(path), etc, var_dir(path), kargs, given)
 
     @property
     def path(self) -> Path:
@@ -106,7 +116,7 @@ class Target:
     @property
     def update_check(self) -> Path:
         """The last `os checkupdates` report (see arkes.updates), which `os status` sums up."""
-        return self.state_dir / "checkupdates.json"
+        return self.state_dir / UPDATE_CHECK
 
     @property
     def package_cache(self) -> Path:

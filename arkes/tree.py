@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arkes.errors import ArkesError
+from arkes.identity import IDENTITY, MACHINE_ID
 
 # Directories of the merged-/usr layout: each must be a link into /usr.
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -52,20 +53,6 @@ FACTORY = "usr/share/factory"
 REVISION = 3
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
-
-# What makes one machine this machine, which packages generate when they are installed (at build time): no image
-# carries it, or every machine made from it would share it. Each machine makes its own on its first boot
-# (arkes-identity.service); /etc/machine-id stays, empty, which is how systemd knows a first boot.
-IDENTITY = (
-    "etc/ssh/ssh_host_*_key",
-    "etc/ssh/ssh_host_*_key.pub",
-    "etc/ssl/private/ssl-cert-snakeoil.key",
-    "etc/ssl/certs/ssl-cert-snakeoil.pem",
-    "var/lib/systemd/random-seed",
-    "var/lib/systemd/credential.secret",
-    "var/lib/dbus/machine-id",
-)
-MACHINE_ID = "etc/machine-id"
 
 
 @dataclass(frozen=True)

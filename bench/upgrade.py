@@ -6,7 +6,8 @@ Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change throu
 distribution's Buildah building such a change by hand plus a raw `ostree admin deploy`, next to what a raw
 `ostree commit` of the whole tree costs (what every upgrade paid before layer-aware commits); how much the
 repository grew for that change against the bytes of the layers it added; a rebuild with every layer cached (the
-build step of `os build` against the same Buildah by hand); `os status` against `ostree admin status`.
+build step of `os build` against the same Buildah by hand); `os status` against `ostree admin status`, from its
+cache and without it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from arkes import layers, podman
+from arkes import layers, podman, statuscache, target
 from arkes.ostree import Sysroot
 
 OS = Path(sys.executable).parent / "os"
@@ -102,6 +103,12 @@ def layer_bytes(digests: list[str]) -> int:
     return found
 
 
+def uncached_status(sysroot: Path, cache: Path) -> float:
+    """Seconds of an `os status` that finds no cache (it reads libostree, and leaves a cache again)."""
+    cache.unlink(missing_ok=True)
+    return timed(lambda: os_(sysroot, "status"))
+
+
 def build_step(sysroot: Path) -> float:
     """Seconds of the `build` step of `os build`, as its progress line reports them."""
     result = subprocess.run([str(OS), "--sysroot", str(sysroot), "build"], capture_output=True, text=True, check=True)
@@ -155,6 +162,8 @@ def main() -> int:
         cached_os = statistics.median(build_step(sysroot) for _ in range(args.runs))
 
         status_os = statistics.median(timed(lambda: os_(sysroot, "status")) for _ in range(args.runs))
+        cache = target.var_dir(sysroot) / target.STATE_DIR / statuscache.NAME
+        status_uncached = statistics.median(uncached_status(sysroot, cache) for _ in range(args.runs))
         status_raw = statistics.median(
             timed(lambda: sh("ostree", "admin", "status", f"--sysroot={sysroot}")) for _ in range(args.runs)
         )
@@ -179,6 +188,7 @@ def main() -> int:
     print(f"os status:                   {status_os:7.3f} s")
     print(f"  ostree admin status:          {status_raw:7.3f} s")
     print(f"  ratio os/raw:                 {status_os / status_raw:7.2f}")
+    print(f"  os status without its cache:  {status_uncached:7.3f} s  (libostree through PyGObject)")
     return 0
 
 
