@@ -124,8 +124,12 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     sf = systemfile.load(path, context, image_env=image_env)
     digests: dict[str, str] = {}
     for ref in sf.external_images:
-        if images.is_ours(ref) and ensure_images and images.ensure(ref).rebuilt:
-            inspected.pop(ref, None)
+        if images.is_ours(ref) and ensure_images:
+            ensured = images.ensure(ref)
+            if ensured.rebuilt:
+                inspected.pop(ref, None)
+            elif ensured.image is not None:
+                inspected[ref] = ensured.image
         image = inspected[ref] if ref in inspected else podman.image_info(ref)
         if image is None:
             line = next((s.line for s in sf.stages if s.base == ref), 1)

@@ -100,17 +100,17 @@ def _tool_files() -> tuple[Path, list[Path]]:
     return package.parent, sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def base_inputs() -> str:
+def base_inputs(rootfs: dict[str, object] | None = None) -> str:
+    """The inputs of base; `rootfs`: the inspection of the rootfs image, when the caller has it."""
     digest = hashlib.sha256(f"base {__version__}\n".encode())
     _hash_files(digest, image_dir(), _tree_files(image_dir() / "base"))
     root, files = _tool_files()
     _hash_files(digest, root, files)
-    digest.update(podman.image_digest(ROOTFS).encode())
+    digest.update(podman.image_digest(ROOTFS, rootfs).encode())
     return digest.hexdigest()
 
 
-def _current(ref: str, inputs: str) -> bool:
-    image = podman.image_info(ref)
+def _current(ref: str, inputs: str, image: dict[str, object] | None) -> bool:
     return image is not None and podman.image_labels(ref, image).get(INPUTS_LABEL) == inputs
 
 
@@ -118,6 +118,8 @@ def _current(ref: str, inputs: str) -> bool:
 class Built:
     ref: str
     rebuilt: bool
+    # Its inspection when it was found up to date (each `podman image inspect` costs tens of milliseconds).
+    image: dict[str, object] | None = None
 
 
 def is_checkout() -> bool:
@@ -140,15 +142,17 @@ def ensure(ref: str, *, force: bool = False) -> Built:
         )
     if ref == ROOTFS:
         inputs = rootfs_inputs()
-        if not force and _current(ROOTFS, inputs):
-            return Built(ROOTFS, False)
+        image = podman.image_info(ROOTFS)
+        if not force and _current(ROOTFS, inputs, image):
+            return Built(ROOTFS, False, image)
         build_rootfs(inputs)
         return Built(ROOTFS, True)
     if ref == BASE:
         rootfs = ensure(ROOTFS, force=force)
-        inputs = base_inputs()
-        if not force and not rootfs.rebuilt and _current(BASE, inputs):
-            return Built(BASE, False)
+        inputs = base_inputs(rootfs.image)
+        image = podman.image_info(BASE)
+        if not force and not rootfs.rebuilt and _current(BASE, inputs, image):
+            return Built(BASE, False, image)
         build_base(inputs)
         return Built(BASE, True)
     raise ArkesError(f"{ref} is not one of the distribution's images ({ROOTFS}, {BASE})")

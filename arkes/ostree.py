@@ -226,6 +226,17 @@ def _metadata_variant(metadata: Metadata) -> GLib.Variant:
     return GLib.Variant("a{sv}", entries)
 
 
+def _read_only(*mountpoints: Path) -> bool:
+    """Whether any of these paths lies on a read-only mount."""
+    for mountpoint in mountpoints:
+        try:
+            if os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _error(what: str, e: GLib.Error) -> ArkesError:
     # OSTree refuses before the disk is full (min-free-space-percent) or fails when it is: the same cause for a person.
     if "No space left" in e.message or "min-free-space" in e.message:
@@ -303,8 +314,11 @@ class Sysroot:
         `private_mounts` is False (for `unlock`, whose /usr overlay must be seen by the whole system)."""
         sysroot = Sysroot(path)
         try:
-            if path == Path("/") and private_mounts:
-                # On a booted system /sysroot is read-only; libostree makes a private mount namespace to write it.
+            if path == Path("/") and private_mounts and _read_only(Path("/sysroot"), Path("/boot")):
+                # Where /sysroot (or /boot) is mounted read-only, libostree makes a private mount namespace to write
+                # it. Only there: it keeps the repository it opened before on the first mount, and writes the new
+                # deployment through the second, so no file can be a hard link to its object and each deployment
+                # becomes a full copy. An Arkēs system mounts both writable (sysroot.readonly is false).
                 sysroot._sysroot.initialize_with_mount_namespace(None)
             sysroot._sysroot.load(None)
         except GLib.Error as e:

@@ -48,6 +48,8 @@ fact after_staging "$(cat /etc/arkes-after-staging 2>/dev/null || echo absent)"
 fact hotfix "$(cat /usr/share/arkes-hotfix 2>/dev/null || echo absent)"
 fact menu "$(grep -c menuentry /boot/grub/grub.cfg)"
 fact kernel "$(uname -r)"
+# Deployments share their files with the repository: one inode for the object and every deployment holding it.
+fact links "$(stat -c %h /usr/bin/bash)"
 fact hostkeys "$(for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf "$k" | cut -d' ' -f2; done | paste -sd,)"
 fact ssh "$(systemctl is-active ssh.service)"
 fact kernel_package "$(dpkg-query -W -f '${Version}' "linux-image-$(uname -r)")"
@@ -215,6 +217,7 @@ def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     assert not found["deployments"][0]["staged"]
     assert found["motd"] == "changed in the guest"
     assert found["homefile"] == "kept"
+    assert int(found["links"]) >= 2, "the deployment made in the guest hard-links the repository's objects"
 
 
 def test_d_a_rollback_boots_the_previous_kernel(disk: Path) -> None:
