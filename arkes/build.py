@@ -281,8 +281,7 @@ def build(
             allowed_secrets=tuple(allowed),
             layers=checkout.layers,
         )
-        # Counted for the progress of a commit that reads every file; one of layers takes a fraction of a second.
-        total = commit_entries(root) if checkout.known is None else 0
+        total = commit_entries(root)
         with log.step("commit") as progress:
             checksum = sysroot.write_commit(
                 root,

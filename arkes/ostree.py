@@ -496,10 +496,7 @@ class Sysroot:
                 on_file(count[0])
             return OSTree.RepoCommitFilterResult.ALLOW
 
-        # A checkout of layers is committed in a fraction of a second, and a Python call per file would be a good
-        # part of it: progress is counted only where every file is read.
-        counted = commit_filter if known is None else None
-        modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, counted, None)
+        modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter, None)
         if known is not None:
             modifier.set_devino_cache(known.cache)
         # Ctrl-C must not raise inside the filter callback (PyGObject would print and swallow it): it cancels the
