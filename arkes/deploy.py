@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import bootloader, build, builder, du, etc, identity, images, log, packages, podman, preflight, run
+from arkes import bootloader, build, builder, du, etc, identity, images, layers, log, packages, podman, preflight, run
 from arkes.errors import UsageError
 from arkes.names import BUILD_REF
 from arkes.records import Metadata
@@ -348,6 +348,7 @@ def prune(sysroot: Sysroot, keep: int) -> Pruned:
             log.info(f"removing {len(unused)} image layer(s) no kept deployment is made of")
             sysroot.remove_layers(unused)
         with log.step("prune the repository"):
+            layers.remove_stale(sysroot)
             objects, freed = sysroot.cleanup()
         live = {sysroot.commit(d.checksum).metadata.input_hash for d in sysroot.deployments()}
         stale, _ = du.stale_build_images(sysroot, live)

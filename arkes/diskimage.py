@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 import uuid
@@ -145,6 +146,10 @@ def copy_images(root: Path, checksum: str) -> None:
                 run.run(["podman", "push", "--quiet", image_id, f"{store}@{image_id}"], what="podman push")
             if steps:
                 run.run(["podman", "push", "--quiet", tag, store + tag], what="podman push")
+    # What the gate read from the image's initramfs, by its content: the first upgrade need not unpack it again.
+    checks = images.cache_dir() / "checks"
+    if checks.is_dir():
+        shutil.copytree(checks, root / "ostree/deploy/arkes/var/cache/arkes/checks", dirs_exist_ok=True)
 
 
 def _is_block_device(path: Path) -> bool:

@@ -71,7 +71,7 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
             yield Tree(root, None, (), {})
         return
     scratch = sysroot.scratch_dir()
-    _remove_stale(scratch)
+    _remove_later(_stale(scratch))
     commits = []
     imported: dict[str, str] = {}
     with log.step("layers") as progress:
@@ -90,12 +90,28 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
             known = sysroot.checkout_layers(commits, work / "root")
         yield Tree(work / "root", known, tuple(layer.digest for layer in layers), imported)
     finally:
-        # Tens of thousands of links: removed beside what comes next (the deploy), not before it. The process
-        # waits for the thread before it exits; a kill leaves the tree to the next build's _remove_stale.
-        threading.Thread(target=shutil.rmtree, args=(work,), kwargs={"ignore_errors": True}).start()
+        _remove_later([work])
 
 
-def _remove_stale(scratch: Path) -> None:
-    """Trees left by a killed build: builds hold the sysroot's lock, so no other one is using them."""
-    for stale in scratch.glob(SCRATCH_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def _stale(scratch: Path) -> list[Path]:
+    """Trees of earlier builds: builds hold the sysroot's lock, so no other one is using them."""
+    return sorted(scratch.glob(SCRATCH_PREFIX + "*"))
+
+
+def _remove_later(trees: list[Path]) -> None:
+    """Remove trees of tens of thousands of links (seconds on a slow machine) beside the work that follows, never
+    before it: the process does not wait for them when it is done, and what is left when it exits is removed by
+    the next build, or by `os prune` (remove_stale), before anything can need their space."""
+
+    def remove() -> None:
+        for tree_dir in trees:
+            shutil.rmtree(tree_dir, ignore_errors=True)
+
+    if trees:
+        threading.Thread(target=remove, daemon=True).start()
+
+
+def remove_stale(sysroot: Sysroot) -> None:
+    """Remove what earlier builds left of their trees (they keep objects from being pruned); now, not later."""
+    for tree_dir in _stale(sysroot.scratch_dir()):
+        shutil.rmtree(tree_dir, ignore_errors=True)
