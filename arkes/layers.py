@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import log, podman, tree
+from arkes import log, podman, run, tree
 from arkes.names import layer_ref
 
 if TYPE_CHECKING:
@@ -100,15 +100,11 @@ def _stale(scratch: Path) -> list[Path]:
 
 def _remove_later(trees: list[Path]) -> None:
     """Remove trees of tens of thousands of links (seconds on a slow machine) beside the work that follows, never
-    before it: the process does not wait for them when it is done, and what is left when it exits is removed by
-    the next build, or by `os prune` (remove_stale), before anything can need their space."""
-
-    def remove() -> None:
-        for tree_dir in trees:
-            shutil.rmtree(tree_dir, ignore_errors=True)
-
+    before it, at the lowest priority: `rm` goes on when `os` is done, and whatever a kill or a reboot leaves is
+    removed by the next build, or by `os prune` (remove_stale), before anything can need their space."""
     if trees:
-        threading.Thread(target=remove, daemon=True).start()
+        argv = ["nice", "-n", "19", "ionice", "-c", "3", "rm", "-rf", "--one-file-system", *map(str, trees)]
+        threading.Thread(target=run.run, args=(argv,), kwargs={"check": False}, daemon=True).start()
 
 
 def remove_stale(sysroot: Sysroot) -> None:

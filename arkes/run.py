@@ -37,6 +37,7 @@ PACKAGES = {
     "mmdebstrap": "mmdebstrap",
     "mount": "mount",
     "nice": "coreutils",
+    "rm": "coreutils",
     "openssl": "openssl",
     "ostree": "ostree",
     "partx": "util-linux",
