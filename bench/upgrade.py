@@ -5,7 +5,8 @@
 Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change through `os upgrade` against the
 distribution's Buildah building such a change by hand plus a raw `ostree admin deploy`, next to what a raw
 `ostree commit` of the whole tree costs (what every upgrade paid before layer-aware commits); how much the
-repository grew for that change against the bytes of the layers it added; a rebuild with every layer cached (the
+repository grew for that change against the bytes of the layers it added (the new objects' bytes against the
+layers' uncompressed tar, and both in whole blocks on disk); a rebuild with every layer cached (the
 build step of `os build` against the same Buildah by hand); `os status` against `ostree admin status`, from its
 cache and without it.
 """
@@ -13,6 +14,7 @@ cache and without it.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -89,7 +91,26 @@ def raw_deploy(sysroot: Path, commit: str) -> float:
 
 
 def objects_bytes(repo: Path) -> int:
+    """What the repository's objects take on disk (whole blocks)."""
     return int(sh("du", "-sB1", str(repo / "objects")).split()[0])
+
+
+def object_sizes(repo: Path) -> dict[str, int]:
+    """Each object file of the repository and its size in bytes."""
+    found = {}
+    for path in (repo / "objects").rglob("*"):
+        if path.is_file():
+            found[str(path)] = path.stat().st_size
+    return found
+
+
+def layer_tar_bytes(digests: list[str]) -> int:
+    """Bytes of image layers as the image format counts them: the size of each layer's uncompressed tar, as the
+    container storage recorded it when it made the layer."""
+    storage = Path(sh("podman", "info", "--format", "{{.Store.GraphRoot}}").strip())
+    recorded = json.loads((storage / "overlay-layers/layers.json").read_text())
+    sizes = {layer.get("diff-digest"): int(layer.get("diff-size", 0)) for layer in recorded}
+    return sum(sizes.get(digest, 0) for digest in set(digests))
 
 
 def layer_bytes(digests: list[str]) -> int:
@@ -129,7 +150,7 @@ def main() -> int:
         sysroot = Path(tmp) / "sysroot"
         print("installing the default system ...", file=sys.stderr)
         os_(sysroot, "install")
-        status = __import__("json").loads(os_(sysroot, "status", "--json"))["deployments"][0]
+        status = json.loads(os_(sysroot, "status", "--json"))["deployments"][0]
         deployment = sysroot / "ostree/deploy/arkes/deploy" / f"{status['checksum']}.{status['serial']}"
         systemfile = deployment / "etc/system/Systemfile"
 
@@ -148,11 +169,17 @@ def main() -> int:
         raw_deploy_s = raw_deploy(sysroot, deployed)
         old_layers = commit_layers(sysroot, deployed)
         before = objects_bytes(sysroot / "ostree/repo")
+        sizes_before = object_sizes(sysroot / "ostree/repo")
         add_line(systemfile, f"RUN echo os-{stamp} > /usr/share/bench-change")
         change = timed(lambda: os_(sysroot, "upgrade"))
         grown = objects_bytes(sysroot / "ostree/repo") - before
-        new = __import__("json").loads(os_(sysroot, "status", "--json"))["deployments"][0]["checksum"]
-        added = layer_bytes([d for d in commit_layers(sysroot, new) if d not in old_layers])
+        grown_bytes = sum(
+            size for path, size in object_sizes(sysroot / "ostree/repo").items() if path not in sizes_before
+        )
+        new = json.loads(os_(sysroot, "status", "--json"))["deployments"][0]["checksum"]
+        new_layers = [d for d in commit_layers(sysroot, new) if d not in old_layers]
+        added = layer_bytes(new_layers)
+        added_bytes = layer_tar_bytes(new_layers)
 
         # Every layer cached: the build step of `os build` against the same build by hand with the builder.
         cached_raw = statistics.median(
@@ -179,9 +206,10 @@ def main() -> int:
     print(f"  podman build + ostree admin deploy: {raw:7.3f} s  ({raw_build:.3f} + {raw_deploy_s:.3f})")
     print(f"  ratio os/raw:                       {change / raw:7.2f}")
     print(f"  a full ostree commit of the tree:   {raw_commit:7.3f} s  (what each upgrade paid before layers)")
-    print(f"repository growth for it:    {grown / 1024:7.1f} KiB")
-    print(f"  the layers it added:          {added / 1024:7.1f} KiB")
-    print(f"  ratio growth/added:           {grown / max(added, 1):7.2f}")
+    print(f"repository growth for it:    {grown_bytes / 1024:7.1f} KiB  (its new objects' bytes)")
+    print(f"  the layers it added:          {added_bytes / 1024:7.1f} KiB  (their tar's bytes)")
+    print(f"  ratio growth/added:           {grown_bytes / max(added_bytes, 1):7.2f}")
+    print(f"  on disk, in whole blocks:     {grown / 1024:7.1f} KiB  against {added / 1024:.1f} KiB of layers")
     print(f"cached rebuild, os build's build step: {cached_os:7.3f} s")
     print(f"  the builder by hand:                 {cached_raw:7.3f} s")
     print(f"  ratio os/raw:                        {cached_os / cached_raw:7.2f}")
