@@ -4,6 +4,7 @@ so it is not in the unit layer)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from gi.repository import GLib
@@ -14,13 +15,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_an_unwrapped_glib_error_is_one_message(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     def fails(_args: argparse.Namespace, *, writes: bool = False) -> object:
         raise GLib.Error("opening repo: Read-only file system")
 
     monkeypatch.setattr(cli, "open_target", fails)
-    assert __main__.main(["status"]) == 1
+    # A sysroot with no status cache: `os status` opens it through libostree.
+    assert __main__.main(["--sysroot", str(tmp_path), "status"]) == 1
     err = capsys.readouterr().err
     assert "error: opening repo: Read-only file system" in err
     assert "Traceback" not in err
