@@ -143,14 +143,17 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
 
 
-PACKAGE_STAMP = "usr/lib/arkes/package-state"  # "STATE FINGERPRINT", written by update_packages
+PACKAGE_STAMP = "usr/lib/arkes/package-state"  # the fingerprint of packages update_packages left up to date
 
 
 def current_packages(sysroot: Sysroot, checksum: str, p: Plan) -> Plan:
-    """`p` with the hint that commit `checksum`'s packages are up to date at `p`'s package state, when they are."""
+    """`p` with the hint that commit `checksum`'s packages are up to date at `p`'s package state, when they are:
+    it was built at that state, and its package step recorded the fingerprint of what it left up to date."""
+    if not p.package_state.digest or sysroot.commit(checksum).metadata.package_state != p.package_state.digest:
+        return p
     recorded = (sysroot.read_commit_file(checksum, PACKAGE_STAMP) or b"").decode(errors="replace").split()
-    if len(recorded) == 2 and p.package_state.digest and recorded[0] == p.package_state.digest:
-        return dataclasses.replace(p, current_packages=recorded[1])
+    if len(recorded) == 1:
+        return dataclasses.replace(p, current_packages=recorded[0])
     return p
 
 
