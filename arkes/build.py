@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     # The grammar is loaded only by what parses a Systemfile, so that `os status` does not pay for it.
     from arkes import systemfile
     from arkes.ostree import Sysroot
+    from arkes.records import Commit
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,12 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
 PACKAGE_STAMP = "usr/lib/arkes/package-state"  # the fingerprint of packages update_packages left up to date
 
 
-def current_packages(sysroot: Sysroot, checksum: str, p: Plan) -> Plan:
-    """`p` with the hint that commit `checksum`'s packages are up to date at `p`'s package state, when they are:
-    it was built at that state, and its package step recorded the fingerprint of what it left up to date."""
-    if not p.package_state.digest or sysroot.commit(checksum).metadata.package_state != p.package_state.digest:
+def current_packages(sysroot: Sysroot, commit: Commit, p: Plan) -> Plan:
+    """`p` with the hint that `commit`'s packages are up to date at `p`'s package state, when they are: it was
+    built at that state, and its package step recorded the fingerprint of what it left up to date."""
+    if not p.package_state.digest or commit.metadata.package_state != p.package_state.digest:
         return p
-    recorded = (sysroot.read_commit_file(checksum, PACKAGE_STAMP) or b"").decode(errors="replace").split()
+    recorded = (sysroot.read_commit_file(commit.checksum, PACKAGE_STAMP) or b"").decode(errors="replace").split()
     if len(recorded) == 1:
         return dataclasses.replace(p, current_packages=recorded[0])
     return p
@@ -261,7 +262,7 @@ def build(
                 f"boot): {', '.join(stripped)}"
             )
         with log.step("check"):
-            allowed = lint.check(root, allow_secrets, cache=images.cache_dir() / "checks")
+            allowed = lint.check(root, allow_secrets, cache=images.checks_dir())
         for path in allowed:
             log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
         packages = tree.packages(root)

@@ -197,7 +197,7 @@ def upgrade(
             log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         if current is not None:
-            p = build.current_packages(sysroot, current.checksum, p)
+            p = build.current_packages(sysroot, current, p)
         result = _downloaded(sysroot, p) if reuse else None
         if result is None:
             result = build.build(sysroot, p, secrets=secrets, allow_secrets=allow_secrets)

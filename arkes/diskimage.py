@@ -147,9 +147,10 @@ def copy_images(root: Path, checksum: str) -> None:
             if steps:
                 run.run(["podman", "push", "--quiet", tag, store + tag], what="podman push")
     # What the gate read from the image's initramfs, by its content: the first upgrade need not unpack it again.
-    checks = images.cache_dir() / "checks"
+    checks = images.checks_dir()
     if checks.is_dir():
-        shutil.copytree(checks, root / "ostree/deploy/arkes/var/cache/arkes/checks", dirs_exist_ok=True)
+        installed = root / "ostree/deploy/arkes/var" / images.CACHE.relative_to("/var") / images.CHECKS
+        shutil.copytree(checks, installed, dirs_exist_ok=True)
 
 
 def _is_block_device(path: Path) -> bool:

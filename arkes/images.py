@@ -43,8 +43,16 @@ def image_dir() -> Path:
     return Path("/usr/share/arkes/image")
 
 
+CACHE = Path("/var/cache/arkes")  # where an installed system keeps its cache (ARKES_CACHE moves it elsewhere)
+CHECKS = "checks"  # below it: what the bootability gate read from files, by their content (see arkes.lint)
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("ARKES_CACHE", "/var/cache/arkes"))
+    return Path(os.environ.get("ARKES_CACHE", os.fspath(CACHE)))
+
+
+def checks_dir() -> Path:
+    return cache_dir() / CHECKS
 
 
 def default_systemfile() -> Path:

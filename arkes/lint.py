@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import run, tree
+from arkes import bootloader, run, tree
 from arkes.errors import LintError, SecretError
 
 # A file only the ostree dracut module puts into an initramfs: the program that mounts the deployment.
@@ -182,9 +182,7 @@ def has_ostree_module(path: Path, cache: Path | None = None) -> bool:
     if known is not None:
         try:
             known.parent.mkdir(parents=True, exist_ok=True)
-            partial = known.with_name(f"{known.name}.{os.getpid()}.tmp")
-            partial.write_text("ostree\n" if found else "none\n")
-            partial.replace(known)
+            bootloader.atomic_write(known, "ostree\n" if found else "none\n")
         except OSError:
             pass  # a cache that cannot be written only costs the next build the same unpacking
     return found
