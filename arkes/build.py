@@ -246,7 +246,7 @@ def build(
             nice=True,
         )
     version = next_version(sysroot)
-    with layers.checkout(sysroot, tag) as checkout:
+    with layers.checkout(sysroot, tag, images.checks_dir()) as checkout:
         root = checkout.root
         settled = _settle_packages(p, root)
         if settled is not p:
@@ -262,7 +262,7 @@ def build(
                 f"boot): {', '.join(stripped)}"
             )
         with log.step("check"):
-            allowed = lint.check(root, allow_secrets, cache=images.checks_dir())
+            allowed = lint.check(root, allow_secrets, cache=images.checks_dir(), keys=checkout.keys)
         for path in allowed:
             log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
         packages = tree.packages(root)

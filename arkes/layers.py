@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import log, podman, run, tree
+from arkes import lint, log, podman, run, tree
 from arkes.names import layer_ref
 
 if TYPE_CHECKING:
@@ -52,18 +52,23 @@ def of_image(ref: str) -> list[Layer] | None:
 
 @dataclass(frozen=True)
 class Tree:
-    """An image's root filesystem, writable, for the rewrite; `known` says which files commit need not read."""
+    """An image's root filesystem, writable, for the rewrite; `known` says which files commit need not read.
+
+    Directories the rewrite leaves as they are (tree.untouched) may be empty in it: commit takes them from the
+    layers, and `keys` are the private keys they hold, for the gate (lint.check)."""
 
     root: Path
     known: Checkout | None
     layers: tuple[str, ...]  # the digests of the layers it was checked out from
     refs: dict[str, str]  # the refs of layers imported for it (set with the system commit), to their commits
+    keys: tuple[lint.PrivateKey, ...] = ()
 
 
 @contextmanager
-def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
+def checkout(sysroot: Sysroot, ref: str, cache: Path | None = None) -> Iterator[Tree]:
     """The tree of image `ref`: checked out from its layers' commits (importing the layers not committed yet),
-    or, where its storage is not the overlay driver's, a mounted container of it. Removed afterwards."""
+    or, where its storage is not the overlay driver's, a mounted container of it. Removed afterwards. `cache`:
+    where what was read from each layer (its private keys) is kept (lint.layer_keys)."""
     layers = of_image(ref)
     if layers is None:
         log.debug(f"{ref}: not in overlay storage, committing its mounted tree")
@@ -87,10 +92,28 @@ def checkout(sysroot: Sysroot, ref: str) -> Iterator[Tree]:
     work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch))
     try:
         with log.step("checkout"):
-            known = sysroot.checkout_layers(commits, work / "root")
-        yield Tree(work / "root", known, tuple(layer.digest for layer in layers), imported)
+            known = sysroot.checkout_layers(commits, work / "root", tree.untouched)
+            keys = _grafted_keys(sysroot, layers, commits, known, cache)
+        yield Tree(work / "root", known, tuple(layer.digest for layer in layers), imported, keys)
     finally:
         _remove_later([work])
+
+
+def _grafted_keys(
+    sysroot: Sysroot, layers: list[Layer], commits: list[str], known: Checkout, cache: Path | None
+) -> tuple[lint.PrivateKey, ...]:
+    """The private keys in the directories the checkout left empty: of the keys each layer holds, those whose
+    file the union has as that layer made it (not removed or replaced by a layer above)."""
+    prefixes = tuple(relative + "/" for relative in known.grafted)
+    found = {}
+    for layer, commit in zip(layers, commits, strict=True):
+        for key in lint.layer_keys(layer.diff, layer.digest, cache):
+            relative = key.path.removeprefix("/")
+            if relative.startswith(prefixes) and (
+                sysroot.file_checksum(known.union, relative) == sysroot.file_checksum(commit, relative)
+            ):
+                found[key.path] = key
+    return tuple(found[path] for path in sorted(found))
 
 
 def _stale(scratch: Path) -> list[Path]:

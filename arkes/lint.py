@@ -97,12 +97,18 @@ def failures(root: Path, cache: Path | None = None) -> list[str]:
     return [f"{name}: {message}" for name, check in checks.items() if (message := check(root))]
 
 
-def check(root: Path, allowed_secrets: Collection[str] = (), cache: Path | None = None) -> list[str]:
-    """The bootability checks, then the scan for private keys; return the keys `allowed_secrets` let through."""
+def check(
+    root: Path,
+    allowed_secrets: Collection[str] = (),
+    cache: Path | None = None,
+    keys: Collection[PrivateKey] = (),
+) -> list[str]:
+    """The bootability checks, then the scan for private keys; return the keys `allowed_secrets` let through.
+    `keys`: those found already where `root` holds no files (directories a checkout of layers left empty)."""
     found = failures(root, cache)
     if found:
         raise LintError(found)
-    every = private_keys(root)
+    every = sorted([*private_keys(root), *keys], key=lambda k: k.path)
     keys = [k for k in every if k.path not in allowed_secrets]
     if keys:
         raise SecretError(
@@ -165,6 +171,30 @@ def private_keys(root: Path) -> list[PrivateKey]:
             if b"PRIVATE KEY" in data and (match := _PRIVATE_KEY.search(data)):
                 found.append(PrivateKey(image_path(relative), match.group(1).decode().lower()))
     return sorted(found, key=lambda k: k.path)
+
+
+_KEYS_HEADER = "private keys in this layer (arkes)"
+
+
+def layer_keys(diff: Path, digest: str, cache: Path | None = None) -> list[PrivateKey]:
+    """The private keys in an image layer (its directory in container storage), as private_keys finds them in a
+    tree. A layer never changes: with a `cache` directory each layer is read once, its answer kept by digest."""
+    known = cache / f"keys-{digest.removeprefix('sha256:')}" if cache is not None else None
+    if known is not None and known.is_file():
+        lines = known.read_text(errors="replace").splitlines()
+        rows = [line.split("\t") for line in lines[1:]]
+        if lines[:1] == [_KEYS_HEADER] and all(len(row) == 2 for row in rows):
+            return [PrivateKey(path, kind) for path, kind in rows]
+    found = private_keys(diff)
+    if known is not None:
+        try:
+            known.parent.mkdir(parents=True, exist_ok=True)
+            bootloader.atomic_write(
+                known, "".join(f"{line}\n" for line in [_KEYS_HEADER, *(f"{k.path}\t{k.kind}" for k in found)])
+            )
+        except OSError:
+            pass  # a cache that cannot be written only costs the next build the same reading
+    return found
 
 
 # --- reading an initramfs -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import signal
 import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +41,13 @@ _OPAQUE = ".wh..wh..opq"
 
 @dataclass(frozen=True)
 class Checkout:
-    """Which files of a checkout are the repository's own objects (OSTree's device and inode cache)."""
+    """What a commit of a checkout of layers takes without reading it: the files that are still the repository's
+    own objects (OSTree's device and inode cache), and the directories left empty in the checkout, to be taken
+    whole from the layers (relative path → their tree's contents and metadata checksums)."""
 
     cache: Any
+    grafted: Mapping[str, tuple[str, str]]
+    union: str  # the commit of the whole union, grafted directories included (unreferenced: for this build only)
 
 
 def _dirty_dirs(diff: Path, emptied: Sequence[str]) -> set[str]:
@@ -137,6 +141,31 @@ def _merge_layer(repo: Any, mtree: Any, contents: str, meta: str, relative: str,
                 continue
             existing = sub
         _merge_layer(repo, existing, bytes(sub_contents).hex(), bytes(sub_meta).hex(), path, marked)
+
+
+def _empty_untouched(
+    mtree: Any, relative: str, untouched: Callable[[str], bool | None], grafted: dict[str, tuple[str, str]]
+) -> None:
+    """Empty the directories of a written `mtree` that `untouched` says are taken whole, recording their trees."""
+    for name, sub in mtree.get_subdirs().items():
+        path = os.path.join(relative, name)
+        verdict = untouched(path)
+        if verdict is None:
+            _empty_untouched(sub, path, untouched, grafted)
+        elif verdict:
+            grafted[path] = (sub.get_contents_checksum(), sub.get_metadata_checksum())
+            for entry in [*sub.get_files(), *sub.get_subdirs()]:
+                sub.remove(entry, False)
+
+
+def _graft(repo: Any, mtree: Any, relative: str, contents: str, meta: str) -> None:
+    """Put the tree `contents` (with `meta`) at the directory `relative` of `mtree`, which must be there, empty."""
+    node = mtree
+    for name in relative.split("/"):
+        node = node.get_subdirs().get(name) if node is not None else None
+    if node is None or node.get_files() or node.get_subdirs():
+        raise ArkesError(f"/{relative} was changed after the checkout, which takes it from the layers as it is")
+    node.fill_empty_from_dirtree(repo, contents, meta)
 
 
 def _copy_dir_meta(source: Path, target: Path) -> None:
@@ -484,8 +513,9 @@ class Sysroot:
 
         The ref moves only when every object is written, so an interrupted commit leaves no ref and only
         staging leftovers that the next transaction or prune removes. `known`: `tree` is a checkout of layers
-        (checkout_layers), whose files that are still the repository's own are taken without reading them.
-        `refs` (name → commit) are set in the same transaction.
+        (checkout_layers), whose files that are still the repository's own are taken without reading them, and
+        whose directories left empty are taken whole from the layers. `refs` (name → commit) are set in the same
+        transaction.
         """
         repo = self._repo
         count = [0]
@@ -507,6 +537,8 @@ class Sysroot:
         try:
             mtree = OSTree.MutableTree.new()
             repo.write_directory_to_mtree(Gio.File.new_for_path(os.fspath(tree)), mtree, modifier, cancellable)
+            for relative, (contents, meta) in (known.grafted if known is not None else {}).items():
+                _graft(repo, mtree, relative, contents, meta)
             _, root = repo.write_mtree(mtree, cancellable)
             _, checksum = repo.write_commit(None, subject, None, _metadata_variant(metadata), root, cancellable)
             repo.transaction_set_ref(None, ref, checksum)
@@ -562,12 +594,18 @@ class Sysroot:
         return str(checksum)
 
     @_wrap("checking out image layers")
-    def checkout_layers(self, commits: Sequence[str], destination: Path) -> Checkout:
+    def checkout_layers(
+        self,
+        commits: Sequence[str],
+        destination: Path,
+        untouched: Callable[[str, Collection[str]], bool | None] | None = None,
+    ) -> Checkout:
         """Check out the union of layer commits (bottom first, with OCI semantics for whiteouts and opaque
         directories) into `destination`, every regular file a hard link into the repository; returns what commit
         needs to take those files without reading them. `destination` must be on the repository's filesystem
         (see scratch_dir). The union is made in OSTree's tree objects, untouched directories taken whole, and
-        checked out once."""
+        checked out once. `untouched(relative, top-level directories)` (see tree.untouched) names directories
+        that are checked out empty, their content taken from the layers by write_commit."""
         repo = self._repo
         repo.prepare_transaction(None)
         try:
@@ -581,6 +619,15 @@ class Sysroot:
                 _merge_layer(repo, mtree, contents, meta, "", marked)
             _, root = repo.write_mtree(mtree, None)
             _, union = repo.write_commit(None, "layers", None, None, root, None)
+            grafted: dict[str, tuple[str, str]] = {}
+            if untouched is not None:
+                top = frozenset(mtree.get_subdirs())
+                _empty_untouched(mtree, "", lambda relative: untouched(relative, top), grafted)
+            if grafted:
+                _, root = repo.write_mtree(mtree, None)
+                _, sparse = repo.write_commit(None, "layers, sparse", None, None, root, None)
+            else:
+                sparse = union
             repo.commit_transaction(None)
         except BaseException:
             repo.abort_transaction(None)
@@ -595,8 +642,8 @@ class Sysroot:
         inside = os.path.relpath(destination, self.repo_path)
         if inside.startswith(".."):
             raise ArkesError(f"{destination} is not inside the repository {self.repo_path}")
-        repo.checkout_at(options, repo.get_dfd(), inside, union, None)
-        return Checkout(cache)
+        repo.checkout_at(options, repo.get_dfd(), inside, sparse, None)
+        return Checkout(cache, grafted, str(union))
 
     @_wrap("listing image layers")
     def layers(self) -> dict[str, str]:
@@ -687,6 +734,17 @@ class Sysroot:
                     size = node.query_info("standard::size", Gio.FileQueryInfoFlags.NONE, None).get_size()
                     found.append((str(node.get_checksum()), int(size)))
         return found
+
+    @_wrap("reading the commit's tree")
+    def file_checksum(self, checksum: str, path: str) -> str | None:
+        """The content checksum of the file or link `path` inside a commit; None when absent or a directory."""
+        node = self._commit_file(checksum, path)
+        if node is None:
+            return None
+        node.ensure_resolved()
+        if node.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None) == Gio.FileType.DIRECTORY:
+            return None
+        return str(node.get_checksum())
 
     @_wrap("walking a commit")
     def reachable_objects(self, checksum: str) -> set[tuple[str, str]]:

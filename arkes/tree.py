@@ -9,9 +9,11 @@ next to their modules, and the package database moves into /usr so it always mat
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import shutil
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,31 @@ FACTORY = "usr/share/factory"
 REVISION = 3
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
+
+
+# What the rewrite, the gate and the facts below write or read under /usr. Whole trees: ...
+_USR_WHOLE = ("usr/etc", "usr/local", "usr/lib/sysimage", "usr/lib/tmpfiles.d", "usr/lib/arkes", FACTORY)
+# ... and directories of which they read only their own files (a kernel's, systemd's, os-release, init).
+_USR_FILES = ("usr", "usr/lib", "usr/lib/modules", "usr/lib/modules/*", "usr/lib/systemd", "usr/sbin")
+
+
+def untouched(relative: str, top: Collection[str]) -> bool | None:
+    """Whether the rewrite leaves the directory `relative` of an image (and all below it) exactly as it is, so
+    that a commit can take it from the image's layers without it being checked out: True for such a directory,
+    False for one it may change or read as a whole, None for one whose own files it reads, each subdirectory
+    deciding for itself. `top`: the image's top-level directories (a /bin that is one moves into /usr/bin)."""
+    if relative.partition("/")[0] != "usr":
+        return False
+    if any(relative == w or relative.startswith(w + "/") for w in _USR_WHOLE):
+        return False
+    if any(relative == f"usr/{name}" for name in MERGED_USR if name in top):
+        return False
+    parts = relative.split("/")
+    for pattern in _USR_FILES:
+        wanted = pattern.split("/")
+        if len(wanted) == len(parts) and all(map(fnmatch.fnmatchcase, parts, wanted)):
+            return None
+    return None if any(w.startswith(relative + "/") for w in _USR_WHOLE) else True
 
 
 @dataclass(frozen=True)

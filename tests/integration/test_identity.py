@@ -96,6 +96,36 @@ def test_a_copied_private_key_is_refused_by_path_and_allowed_on_purpose(system: 
     assert "/etc/app/site.key" in shown.stdout
 
 
+def test_a_key_in_usr_is_refused_though_the_build_never_checks_that_directory_out(
+    system: System, tmp_path: Path
+) -> None:
+    # Most of /usr goes from the layers' commits into the system commit without a checkout; its keys are read
+    # from the layers that hold them, once per layer: the second build takes that layer from the cache.
+    before = system.snapshot()
+    context = tmp_path / "source"
+    make_key(context)
+    text = """
+        FROM localhost/arkes:base
+        COPY site.key /usr/share/app/site.key
+        RUN post_build
+        """
+    source = write_systemfile(context, text)
+    for attempt in range(2):
+        refused = system.os("upgrade", "--systemfile", str(source), check=False)
+        assert refused.returncode == 1, f"attempt {attempt}"
+        assert "/usr/share/app/site.key (openssh private key)" in refused.stderr
+        text = text.replace("RUN post_build", "RUN echo another line\n        RUN post_build")
+        source = write_systemfile(context, text)
+    assert system.snapshot() == before
+
+    # Overwritten by a later layer with something that is no key, it is no key.
+    source = write_systemfile(
+        context, text.replace("RUN post_build", "RUN echo no key > /usr/share/app/site.key\n        RUN post_build")
+    )
+    system.os("upgrade", "--systemfile", str(source))
+    assert "/usr/share/app/site.key" in commit_paths(system)
+
+
 def fingerprints(etc: Path) -> list[str]:
     return [
         subprocess.run(["ssh-keygen", "-l", "-f", key], capture_output=True, text=True, check=True).stdout.split()[1]

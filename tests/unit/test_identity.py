@@ -98,6 +98,27 @@ def test_a_tree_without_private_keys_passes(rewritten: Path) -> None:
     assert lint.check(rewritten) == []
 
 
+def test_a_layers_keys_are_read_once_and_kept_by_its_digest(tmp_path: Path) -> None:
+    layer, cache, digest = tmp_path / "diff", tmp_path / "checks", "sha256:" + "ab" * 32
+    write(layer / "usr/share/app/site.key", RSA_BLOCK, 0o600)
+    write(layer / "usr/share/doc/app/examples/key.pem", RSA_BLOCK)
+    expected = [lint.PrivateKey("/usr/share/app/site.key", "rsa private key")]
+    assert lint.layer_keys(layer, digest, cache) == expected
+    (layer / "usr/share/app/site.key").unlink()
+    assert lint.layer_keys(layer, digest, cache) == expected, "a layer never changes: its record answers"
+    assert lint.layer_keys(layer, "sha256:" + "cd" * 32, cache) == [], "another layer is read"
+    (cache / f"keys-{'ab' * 32}").write_text("half a rec")
+    assert lint.layer_keys(layer, digest, cache) == [], "a record that is not one is not believed"
+
+
+def test_the_gate_adds_the_keys_found_where_the_tree_holds_no_files(rewritten: Path) -> None:
+    elsewhere = lint.PrivateKey("/usr/share/app/site.key", "openssh private key")
+    with pytest.raises(SecretError) as caught:
+        lint.check(rewritten, keys=[elsewhere])
+    assert "/usr/share/app/site.key (openssh private key)" in caught.value.message
+    assert lint.check(rewritten, {"/usr/share/app/site.key"}, keys=[elsewhere]) == ["/usr/share/app/site.key"]
+
+
 def machine(tmp_path: Path) -> tuple[Path, Path, Path]:
     """An /etc whose host key is the image's own copy (from /usr/etc), and its state directory."""
     defaults, etc, state = tmp_path / "usr/etc", tmp_path / "etc", tmp_path / "var/lib/arkes"

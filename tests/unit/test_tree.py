@@ -226,3 +226,62 @@ def test_commit_progress_counts_what_the_commit_filter_sees(tmp_path: Path) -> N
     (tmp_path / "a/lf").symlink_to("f1")
     # /, /la, /c twice, /a twice, /a/b twice, /a/b/f2, /a/lf, /a/f1: as the host's libostree reported it.
     assert build.commit_entries(tmp_path) == 11
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Each path of a tree: its mode, and its content or link target."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(directory, name)
+            info = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else path.read_text() if path.is_file() else ""
+            found[str(path.relative_to(root))] = (info.st_mode, content)
+    return found
+
+
+def test_what_the_rewrite_leaves_untouched_is_neither_written_nor_read(tmp_path: Path) -> None:
+    # A checkout of layers leaves those directories empty and the commit takes them from the layers: rewriting the
+    # tree so emptied must give what the rewrite of the whole tree gives, with them emptied.
+    whole = make_image(tmp_path / "whole")
+    for path in (
+        "usr/share/doc/app/README",
+        "usr/lib/x86_64-linux-gnu/libapp.so",
+        "usr/lib/modules/6.1.0-test/kernel/a.ko",
+    ):
+        (whole / path).parent.mkdir(parents=True, exist_ok=True)
+        (whole / path).write_text(path)
+    (whole / "usr/lib/tmpfiles.d/app.conf").write_text("d /var/lib/app2 0755 - - -\n")
+    sparse = tmp_path / "sparse"
+    shutil.copytree(whole, sparse, symlinks=True)
+    top = [p.name for p in whole.iterdir() if p.is_dir() and not p.is_symlink()]
+    emptied = []
+    for directory, dirs, _ in os.walk(sparse):
+        for name in list(dirs):
+            relative = str((Path(directory) / name).relative_to(sparse))
+            verdict = tree.untouched(relative, top)
+            if verdict is not None:
+                dirs.remove(name)
+            if verdict:
+                emptied.append(relative)
+                for child in (sparse / relative).iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    assert {"usr/share/doc", "usr/lib/x86_64-linux-gnu", "usr/lib/modules/6.1.0-test/kernel", "usr/bin"} <= set(emptied)
+    # The image's /sbin is a directory: its content moves into /usr/sbin, which is read whole.
+    assert not {"usr/sbin", "usr/lib", "usr/lib/tmpfiles.d", "usr/lib/modules", "usr/lib/arkes"} & set(emptied)
+
+    tree.rewrite(whole)
+    tree.rewrite(sparse)
+    for relative in emptied:
+        for child in (whole / relative).iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    assert snapshot(sparse) == snapshot(whole)
+    assert tree.kernels(sparse) and (sparse / "usr/sbin/legacy-tool").is_file()
+
+
+def test_a_bin_that_is_a_directory_makes_usr_bin_a_whole_tree() -> None:
+    assert tree.untouched("usr/bin", ["usr", "etc"]) is True
+    assert tree.untouched("usr/bin", ["usr", "etc", "bin"]) is False
+    assert tree.untouched("etc/ssl", ["usr", "etc"]) is False
+    assert tree.untouched("usr/share", ["usr"]) is None  # the factory is in it
+    assert tree.untouched("usr/share/factory/var", ["usr"]) is False
