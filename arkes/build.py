@@ -126,7 +126,7 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     digests: dict[str, str] = {}
     for ref in sf.external_images:
         if images.is_ours(ref) and ensure_images:
-            ensured = images.ensure(ref)
+            ensured = images.ensure(ref, known=inspected.get(ref))
             if ensured.rebuilt:
                 inspected.pop(ref, None)
             elif ensured.image is not None:
@@ -209,8 +209,13 @@ def build(
 
     `secrets` (id → file) reach `RUN --mount=type=secret` only: they are in no layer and no input of the hash.
     `allow_secrets` names the private keys (by image path) the tree may hold; the commit records them.
+
+    Where the plan says which packages are up to date at its package state (`current_packages`), the image is
+    built without the package step first: when its packages and apt's configuration are those, apt would find
+    nothing to do, and the step's record is written into the tree instead; otherwise the step is added (every
+    line before it comes from the cache) and the image built again.
     """
-    labels = {
+    annotations = {
         "org.arkes.systemfile-sha256": hashlib.sha256(p.systemfile.text.encode()).hexdigest(),
         "org.arkes.base-image": p.base_image,
         "org.arkes.base-digest": p.base_digest,
@@ -221,6 +226,42 @@ def build(
     the_builder = builder.resolve(images.BASE, images.cache_dir())
     if not the_builder.native and images.BASE not in p.base_digests:
         images.ensure(images.BASE)  # the builder itself, for a Systemfile FROM some other image
+    package_step = not p.current_packages
+    while True:
+        _build_image(the_builder, p, tag, annotations, secrets, package_step=package_step)
+        with layers.checkout(sysroot, tag, images.checks_dir()) as checkout:
+            settled = _settle_packages(p, checkout.root)
+            if not package_step and (settled is not p or packages.fingerprint(checkout.root) != p.current_packages):
+                log.info("package step: the packages or apt's configuration changed, apt is asked")
+                package_step = True
+                continue
+            if not package_step:
+                stamp = checkout.root / PACKAGE_STAMP
+                stamp.parent.mkdir(parents=True, exist_ok=True)
+                stamp.unlink(missing_ok=True)  # never written into: it may be a hard link into the repository
+                stamp.write_text(p.current_packages + "\n")
+                stamp.chmod(0o644)  # as the step writes it
+                log.info("package step: these packages were brought up to date at this package state already")
+            if settled is not p:
+                # Named after what it was built against, so that the next upgrade finds it up to date.
+                podman.tag(tag, podman.build_tag(settled.input_hash, sysroot.system_id(create=True)))
+                podman.untag([tag])
+                p = settled
+            checksum, version, image_kargs = _commit(sysroot, p, checkout, annotations, allow_secrets)
+            break
+    log.info(f"committed {checksum[:12]} (version {version})")
+    return Result(checksum, version, p, tuple(image_kargs))
+
+
+def _build_image(
+    the_builder: builder.Builder,
+    p: Plan,
+    tag: str,
+    annotations: Mapping[str, str],
+    secrets: Mapping[str, Path] | None,
+    *,
+    package_step: bool,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="arkes-build-") as tmp, log.step("build") as progress:
         # The builder reads the Systemfile in the syntax it knows (same lines, same result: see builderfile).
         from arkes import builderfile
@@ -229,7 +270,7 @@ def build(
             p.systemfile,
             p.context,
             Path(tmp) / "contexts",
-            package_state=p.package_state.digest,
+            package_state=p.package_state.digest if package_step else "",
             current_packages=p.current_packages,
         )
         containerfile = Path(tmp) / "Systemfile"
@@ -239,62 +280,64 @@ def build(
             containerfile,
             p.context,
             tag,
-            labels=labels,
+            annotations=annotations,
             secrets=secrets,
             contexts=translated.contexts,
             on_step=lambda fraction, label: progress.update(fraction, label[:90]),
             nice=True,
         )
+
+
+def _commit(
+    sysroot: Sysroot,
+    p: Plan,
+    checkout: layers.Tree,
+    annotations: Mapping[str, str],
+    allow_secrets: Collection[str],
+) -> tuple[str, str, list[str]]:
+    """Rewrite and check the tree of a checkout, and commit it; return its checksum, version and kernel arguments."""
     version = next_version(sysroot)
-    with layers.checkout(sysroot, tag, images.checks_dir()) as checkout:
-        root = checkout.root
-        settled = _settle_packages(p, root)
-        if settled is not p:
-            # Named after what it was built against, so that the next upgrade finds it up to date.
-            podman.tag(tag, podman.build_tag(settled.input_hash, sysroot.system_id(create=True)))
-            podman.untag([tag])
-            p = settled
-        with log.step("rewrite"):
-            stripped = tree.rewrite(root)
-        if stripped:
-            log.info(
-                f"removed {len(stripped)} identity file(s) from the image (each machine makes its own on its first "
-                f"boot): {', '.join(stripped)}"
-            )
-        with log.step("check"):
-            allowed = lint.check(root, allow_secrets, cache=images.checks_dir(), keys=checkout.keys)
-        for path in allowed:
-            log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
-        packages = tree.packages(root)
-        image_kargs = tree.image_kargs(root)
-        kernels = tree.kernels(root)
-        metadata = Metadata(
-            version=version,
-            input_hash=p.input_hash,
-            base_image=p.base_image,
-            base_digest=p.base_digest,
-            systemfile_sha256=labels["org.arkes.systemfile-sha256"],
-            packages=tuple(packages),
-            kargs=tuple(image_kargs),
-            tool_version=__version__,
-            context=tuple(p.manifest),
-            machine_kargs=tuple(p.kargs),
-            package_state=p.package_state.digest,
-            package_indexes=tuple(sorted(p.package_state.indexes.items())),
-            kernel=kernels[-1].version if kernels else "",
-            allowed_secrets=tuple(allowed),
-            layers=checkout.layers,
+    root = checkout.root
+    with log.step("rewrite"):
+        stripped = tree.rewrite(root)
+    if stripped:
+        log.info(
+            f"removed {len(stripped)} identity file(s) from the image (each machine makes its own on its first "
+            f"boot): {', '.join(stripped)}"
         )
-        total = commit_entries(root)
-        with log.step("commit") as progress:
-            checksum = sysroot.write_commit(
-                root,
-                subject=f"Arkēs {version}",
-                metadata=metadata,
-                ref=BUILD_REF,
-                on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
-                known=checkout.known,
-                refs=checkout.refs,
-            )
-    log.info(f"committed {checksum[:12]} (version {version})")
-    return Result(checksum, version, p, tuple(image_kargs))
+    with log.step("check"):
+        allowed = lint.check(root, allow_secrets, cache=images.checks_dir(), keys=checkout.keys)
+    for path in allowed:
+        log.warn(f"the image carries the private key {path}, allowed by --allow-secret")
+    packages_ = tree.packages(root)
+    image_kargs = tree.image_kargs(root)
+    kernels = tree.kernels(root)
+    metadata = Metadata(
+        version=version,
+        input_hash=p.input_hash,
+        base_image=p.base_image,
+        base_digest=p.base_digest,
+        systemfile_sha256=annotations["org.arkes.systemfile-sha256"],
+        packages=tuple(packages_),
+        kargs=tuple(image_kargs),
+        tool_version=__version__,
+        context=tuple(p.manifest),
+        machine_kargs=tuple(p.kargs),
+        package_state=p.package_state.digest,
+        package_indexes=tuple(sorted(p.package_state.indexes.items())),
+        kernel=kernels[-1].version if kernels else "",
+        allowed_secrets=tuple(allowed),
+        layers=checkout.layers,
+    )
+    total = commit_entries(root)
+    with log.step("commit") as progress:
+        checksum = sysroot.write_commit(
+            root,
+            subject=f"Arkēs {version}",
+            metadata=metadata,
+            ref=BUILD_REF,
+            on_file=lambda n: progress.update(n / max(total, 1), f"{n}/{total} files"),
+            known=checkout.known,
+            refs=checkout.refs,
+        )
+    return checksum, version, image_kargs

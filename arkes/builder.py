@@ -157,6 +157,7 @@ def build(
     tag: str,
     *,
     labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
     build_args: Mapping[str, str] | None = None,
     secrets: Mapping[str, Path] | None = None,
     contexts: Mapping[str, Path] | None = None,
@@ -183,7 +184,9 @@ def build(
     for limit in ULIMITS:
         argv += ["--ulimit", limit]
     for key, value in (labels or {}).items():
-        argv += ["--label", f"{key}={value}"]
+        argv += ["--label", f"{key}={value}"]  # a step of its own (the builder adds a LABEL line)
+    for key, value in (annotations or {}).items():
+        argv += ["--annotation", f"{key}={value}"]  # set on the image it commits, no step
     for key, value in (build_args or {}).items():
         argv += ["--build-arg", f"{key}={value}"]
 

@@ -13,12 +13,13 @@ builder says still points at the Systemfile's own lines:
 - `COPY --parents SRC... DEST` becomes `COPY --from=CONTEXT . DEST`, CONTEXT being a build context staged here that
   holds each source at its path in the build context (or below its `/./` pivot), which is what --parents copies.
 
-One step is added after the last line: `update_packages` with the package state (see arkes.packages) in its command
-line. Every layer above it stays cached while the Systemfile is unchanged; when the repositories publish new
-versions, the state and so this step change, and it alone runs again, bringing every installed package up to date.
-When the Systemfile changed, the step runs after the changed lines; given the fingerprint of the packages of an
-image it brought up to date at the same state, it leaves an image with the same fingerprint as it is without
-asking the repositories (a line that installs nothing costs no package work).
+Given a package state (see arkes.packages), one step is added after the last line: `update_packages` with that
+state in its command line. Every layer above it stays cached while the Systemfile is unchanged; when the
+repositories publish new versions, the state and so this step change, and it alone runs again, bringing every
+installed package up to date. When the Systemfile changed, the step runs after the changed lines; given the
+fingerprint of the packages of an image it brought up to date at the same state, it leaves an image with the same
+fingerprint as it is without asking the repositories. (`os` builds a changed Systemfile without the step first,
+and adds it only when the new image's fingerprint is another: see arkes.build.build.)
 """
 
 from __future__ import annotations

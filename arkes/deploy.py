@@ -27,13 +27,14 @@ ORIGIN_INPUT_HASH = "input-hash"
 
 
 def package_state(
-    p: build.Plan, recorded: dict[str, str], *, updates: bool = True, cache: Path | None = None
+    base_image: str, recorded: dict[str, str], *, updates: bool = True, cache: Path | None = None
 ) -> packages.State:
     """The package state to build against: the repositories' current releases, or with `updates` off the recorded
-    ones. A repository that cannot be reached counts as unchanged (its recorded release), and is named."""
+    ones. A repository that cannot be reached counts as unchanged (its recorded release), and is named. Without a
+    recorded state, the repositories are those `base_image` uses."""
     if not updates:
         return packages.State(dict(recorded))
-    urls = list(recorded) or (build.image_release_urls(p.base_image) if p.base_image else [])
+    urls = list(recorded) or (build.image_release_urls(base_image) if base_image else [])
     state = packages.fetch_state(urls, cache=cache)
     for problem in state.unreachable:
         log.warn(f"cannot reach a package repository, its packages count as unchanged: {problem}")
@@ -129,7 +130,7 @@ def install(
     created = not path.exists()
     # Everything that can be refused is checked before the sysroot is made.
     p = build.plan(source, machine_kargs(source.parent))
-    p = p.with_packages(package_state(p, {}))
+    p = p.with_packages(package_state(p.base_image, {}))
     try:
         sysroot = Sysroot.initialize(path)
         with sysroot.lock():
@@ -184,11 +185,16 @@ def upgrade(
         path = target.systemfile()
         if not builder.is_arkes_system():
             builder.host_storage()  # asked beside the plan and the repositories, not after them
-        p = build.plan(path, target.kargs)
         default = sysroot.default()
         current = sysroot.commit(default.checksum) if default is not None else None
         recorded = dict(current.metadata.package_indexes) if current else {}
-        state = package_state(p, recorded, updates=package_updates, cache=target.package_cache)
+        # The repositories the system uses are known: they are asked while the Systemfile is read.
+        cache = target.package_cache
+        asked = (
+            run.in_background(package_state, "", recorded, updates=package_updates, cache=cache) if recorded else None
+        )
+        p = build.plan(path, target.kargs)
+        state = asked.result() if asked else package_state(p.base_image, {}, updates=package_updates, cache=cache)
         moved = state.changed(recorded) if recorded else []
         for url in moved:
             log.info(f"package repository {url} published a new release")

@@ -135,22 +135,23 @@ def is_checkout() -> bool:
     return image_dir() != Path("/usr/share/arkes/image") or os.environ.get("ARKES_IMAGE_DIR") is not None
 
 
-def ensure(ref: str, *, force: bool = False) -> Built:
-    """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale.
+def ensure(ref: str, *, force: bool = False, known: dict[str, object] | None = None) -> Built:
+    """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale. `known`:
+    its inspection, where the caller has it already.
 
     On an installed system the images in local storage are the ones the system was installed with (it may have
     no network to bootstrap from); they are used as they are.
     """
     if not is_checkout() and not force:
-        if podman.image_exists(ref):
-            return Built(ref, False)
+        if known is not None or podman.image_exists(ref):
+            return Built(ref, False, known)
         raise ArkesError(
             f"{ref} is not in this system's container storage",
             hint="it is copied there by `os install --disk`; `podman load` an exported copy to restore it",
         )
     if ref == ROOTFS:
         inputs = rootfs_inputs()
-        image = podman.image_info(ROOTFS)
+        image = known if known is not None else podman.image_info(ROOTFS)
         if not force and _current(ROOTFS, inputs, image):
             return Built(ROOTFS, False, image)
         build_rootfs(inputs)
@@ -158,7 +159,7 @@ def ensure(ref: str, *, force: bool = False) -> Built:
     if ref == BASE:
         rootfs = ensure(ROOTFS, force=force)
         inputs = base_inputs(rootfs.image)
-        image = podman.image_info(BASE)
+        image = known if known is not None else podman.image_info(BASE)
         if not force and not rootfs.rebuilt and _current(BASE, inputs, image):
             return Built(BASE, False, image)
         build_base(inputs)

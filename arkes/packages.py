@@ -206,3 +206,53 @@ def recorded(value: object) -> dict[str, str]:
             if isinstance(item, (list, tuple)) and len(item) == 2:
                 result[str(item[0])] = str(item[1])
     return result
+
+
+def fingerprint(root: Path) -> str | None:
+    """What the package step (update_packages) records as the fingerprint of an image root's packages: the
+    package database and apt's configuration, hashed as its `fingerprint` does it with sha256sum. None where a
+    file cannot be read as the step would (then the step itself decides)."""
+
+    def line(path: str) -> str | None:
+        resolved = _inside(root, path)
+        if resolved is None or not resolved.is_file():
+            return None
+        if "\\" in path or "\n" in path:
+            return None  # sha256sum escapes such names: let the step itself say
+        return f"{hashlib.sha256(resolved.read_bytes()).hexdigest()}  {path}\n"
+
+    apt = root / "etc/apt"
+    names = []
+    for directory, dirs, files in os.walk(apt):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            names.append("/" + os.path.relpath(os.path.join(directory, name), root))
+    lines = [line("/var/lib/dpkg/status")]
+    for name in sorted(names, key=os.fsencode):
+        lines.append(line(name))
+    if any(each is None for each in lines):
+        return None
+    outer = "".join(each for each in lines if each is not None)
+    return hashlib.sha256(outer.encode()).hexdigest()
+
+
+def _inside(root: Path, path: str, depth: int = 40) -> Path | None:
+    """`path` (absolute, in the image) resolved as it would be inside the image, links included; None when it
+    leads nowhere."""
+    current = root
+    parts = [p for p in path.split("/") if p]
+    while parts:
+        if depth == 0:
+            return None
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if candidate.is_symlink():
+            depth -= 1
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            current = root if target.startswith("/") else current
+            continue
+        current = candidate
+    return current if current.exists() else None

@@ -13,13 +13,20 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from arkes import log
 from arkes.errors import CommandError, ToolMissingError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+_T = TypeVar("_T")
 
 # Which Debian package brings each program we call, for the hint of ToolMissingError.
 PACKAGES = {
@@ -262,3 +269,20 @@ def _lower_priority() -> None:
         libc.syscall(251, 1, 0, (3 << 13) | 0)
     except OSError:
         pass
+
+
+def in_background(func: Callable[..., _T], *args: object, **kwargs: object) -> Future[_T]:
+    """Call `func` in a daemon thread: its answer (or exception) in the Future. Unlike an executor's thread, a
+    daemon thread never holds the process back at its exit (an error elsewhere is reported at once)."""
+    from concurrent.futures import Future  # for the verbs that work in the background alone
+
+    answer: Future[_T] = Future()
+
+    def call() -> None:
+        try:
+            answer.set_result(func(*args, **kwargs))
+        except BaseException as e:
+            answer.set_exception(e)
+
+    threading.Thread(target=call, daemon=True).start()
+    return answer

@@ -173,9 +173,11 @@ def main() -> int:
         add_line(systemfile, f"RUN echo os-{stamp} > /usr/share/bench-change")
         change = timed(lambda: os_(sysroot, "upgrade"))
         grown = objects_bytes(sysroot / "ostree/repo") - before
-        grown_bytes = sum(
-            size for path, size in object_sizes(sysroot / "ostree/repo").items() if path not in sizes_before
-        )
+        new_objects = {p: size for p, size in object_sizes(sysroot / "ostree/repo").items() if p not in sizes_before}
+        grown_bytes = sum(new_objects.values())
+        kinds: dict[str, list[int]] = {}
+        for path, size in new_objects.items():
+            kinds.setdefault(path.rpartition(".")[2], []).append(size)
         new = json.loads(os_(sysroot, "status", "--json"))["deployments"][0]["checksum"]
         new_layers = [d for d in commit_layers(sysroot, new) if d not in old_layers]
         added = layer_bytes(new_layers)
@@ -209,6 +211,10 @@ def main() -> int:
     print(f"repository growth for it:    {grown_bytes / 1024:7.1f} KiB  (its new objects' bytes)")
     print(f"  the layers it added:          {added_bytes / 1024:7.1f} KiB  (their tar's bytes)")
     print(f"  ratio growth/added:           {grown_bytes / max(added_bytes, 1):7.2f}")
+    for kind, sizes in sorted(kinds.items()):
+        print(
+            f"    {kind + ' objects:':20} {len(sizes):3} of {sum(sizes) / 1024:6.1f} KiB  (largest {max(sizes)} bytes)"
+        )
     print(f"  on disk, in whole blocks:     {grown / 1024:7.1f} KiB  against {added / 1024:.1f} KiB of layers")
     print(f"cached rebuild, os build's build step: {cached_os:7.3f} s")
     print(f"  the builder by hand:                 {cached_raw:7.3f} s")

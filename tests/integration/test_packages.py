@@ -51,10 +51,11 @@ def test_package_updates_reach_the_machine(
     system.add_line("RUN echo a line > /usr/share/arkes-a-line")
     quick = system.os("upgrade").stderr
     assert "brought up to date at this package state already" in quick, quick
+    assert "apt is asked" not in quick, "no package step is built"
     assert installed_version(system) == "1.0"
     system.add_line("RUN install_packages hello")
     asked = system.os("upgrade").stderr
-    assert "brought up to date at this package state" not in asked, asked
+    assert "brought up to date at this package state" not in asked and "apt is asked" in asked, asked
     assert "every package is at its repository's version" in asked, asked
     assert (system.deployment_dir() / "usr/bin/hello").is_file()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import threading
@@ -151,3 +152,27 @@ def test_update_policy(tmp_path: Path) -> None:
     (tmp_path / "updates.conf").write_text("mode: stage\n")
     with pytest.raises(UsageError, match=r"updates.conf:1: expected `policy = check`"):
         updates.automatic_policy(tmp_path)
+
+
+def test_the_fingerprint_reads_the_image_as_the_package_step_does(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("Package: a\n")
+    (root / "etc/apt/sources.list.d").mkdir(parents=True)
+    (root / "etc/apt/sources.list.d/z.sources").write_text("Types: deb\n")
+    (root / "usr/share/keyrings").mkdir(parents=True)
+    (root / "usr/share/keyrings/k.gpg").write_bytes(b"key inside the image")
+    (root / "etc/apt/trusted.gpg.d").mkdir()
+    (root / "etc/apt/trusted.gpg.d/k.gpg").symlink_to("/usr/share/keyrings/k.gpg")  # the image's, not the host's
+
+    def line(content: bytes, name: str) -> str:
+        return f"{hashlib.sha256(content).hexdigest()}  {name}\n"
+
+    # sha256sum's lines, names sorted bytewise as `sort -z` in the C locale sorts them.
+    expected = line(b"Package: a\n", "/var/lib/dpkg/status")
+    expected += line(b"Types: deb\n", "/etc/apt/sources.list.d/z.sources")
+    expected += line(b"key inside the image", "/etc/apt/trusted.gpg.d/k.gpg")
+    assert packages.fingerprint(root) == hashlib.sha256(expected.encode()).hexdigest()
+
+    (root / "etc/apt/trusted.gpg.d/gone.gpg").symlink_to("../nowhere.gpg")
+    assert packages.fingerprint(root) is None, "what the step cannot read, the step itself decides"
