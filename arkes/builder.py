@@ -13,16 +13,18 @@ next build.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import log, podman, run
+from arkes import bootloader, log, podman, run
 from arkes.errors import BuildError, CommandError
 
 # The host's limits are not passed on without CAP_SYS_RESOURCE; these are what builds need (dpkg, dracut).
@@ -79,23 +81,67 @@ _host_storage: Future[list[str]] | None = None
 _host_storage_lock = threading.Lock()
 
 
-def _ask_host_storage(answer: Future[list[str]]) -> None:
+# Where the host's answer is kept until the next boot, named after everything it depends on (see _storage_key).
+HOST_STORAGE_CACHE = Path("/run/arkes/host-storage")
+
+
+def _storage_key() -> str:
+    """What `podman info`'s answer on the storage depends on: the user, Podman itself and its storage.conf files,
+    as they are now (each file's identity and modification time)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    paths = [
+        shutil.which("podman") or "podman",
+        "/etc/containers/storage.conf",
+        "/usr/share/containers/storage.conf",
+        os.path.join(config, "containers/storage.conf"),
+        os.environ.get("CONTAINERS_STORAGE_CONF", ""),
+    ]
+    key = [
+        str(os.geteuid()),
+        *(f"{name}={value}" for name, value in sorted(os.environ.items()) if "CONTAINERS" in name),
+    ]
+    for path in paths:
+        try:
+            info = os.stat(path)
+            key.append(f"{path} {info.st_dev} {info.st_ino} {info.st_size} {info.st_mtime_ns}")
+        except OSError:
+            key.append(f"{path} -")
+    return hashlib.sha256("\n".join(key).encode()).hexdigest()
+
+
+def _ask_host_storage(answer: Future[list[str]], cache: Path) -> None:
     fields = "{{.Store.GraphRoot}}\n{{.Store.RunRoot}}\n{{.Store.GraphDriverName}}"
     try:
         result = run.run(["podman", "info", "--format", fields], what="podman info (the host's container storage)")
-        answer.set_result([*result.stdout.split("\n"), "", "", ""][:3])
     except BaseException as e:
         answer.set_exception(e)
+        return
+    found = [*result.stdout.split("\n"), "", "", ""][:3]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        bootloader.atomic_write(cache, "\n".join(found) + "\n")
+    except OSError:
+        pass  # not kept: the next command asks Podman again
+    answer.set_result(found)
 
 
 def host_storage() -> Future[list[str]]:
     """Where the host's Podman keeps its images (graph root, run root, driver): asked once, in the background, as
-    `podman info` takes a good part of a second; a caller can start it early and wait for it when it builds."""
+    `podman info` takes a good part of a second; a caller can start it early and wait for it when it builds. The
+    answer is kept until the next boot while Podman and its configuration stay as they are."""
     global _host_storage
     with _host_storage_lock:
         if _host_storage is None:
             _host_storage = Future()
-            threading.Thread(target=_ask_host_storage, args=(_host_storage,), daemon=True).start()
+            cache = HOST_STORAGE_CACHE.with_name(f"{HOST_STORAGE_CACHE.name}-{_storage_key()[:16]}")
+            try:
+                kept = cache.read_text().split("\n")[:3]
+            except OSError:
+                kept = []
+            if len(kept) == 3 and kept[0] and Path(kept[0]).is_dir():
+                _host_storage.set_result(kept)
+            else:
+                threading.Thread(target=_ask_host_storage, args=(_host_storage, cache), daemon=True).start()
         return _host_storage
 
 
