@@ -13,17 +13,19 @@ import datetime
 import hashlib
 import os
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import __version__, builder, images, layers, lint, log, packages, podman, tree
+from arkes import __version__, builder, images, layers, lint, log, packages, podman, run, tree
 from arkes.errors import UsageError
 from arkes.names import BUILD_REF
 from arkes.records import Metadata
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     # The grammar is loaded only by what parses a Systemfile, so that `os status` does not pay for it.
     from arkes import systemfile
     from arkes.ostree import Sysroot
@@ -119,16 +121,21 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
     inspected: dict[str, dict[str, object] | None] = {}
 
     def image_env(ref: str) -> dict[str, str] | None:
-        image = inspected[ref] = podman.image_info(ref)
+        if ref not in inspected:
+            # Ours are checked against their inputs below, which reads what they are built from: asked at once.
+            ours = images.is_ours(ref) and ensure_images
+            inspected.update(images.inspect(ref) if ours else {ref: podman.image_info(ref)})
+        image = inspected[ref]
         return podman.image_env(image) if image is not None else None
 
     sf = systemfile.load(path, context, image_env=image_env)
     digests: dict[str, str] = {}
     for ref in sf.external_images:
         if images.is_ours(ref) and ensure_images:
-            ensured = images.ensure(ref, known=inspected.get(ref))
+            ensured = images.ensure(ref, known=inspected)
             if ensured.rebuilt:
-                inspected.pop(ref, None)
+                for mine in images.OURS:
+                    inspected.pop(mine, None)
             elif ensured.image is not None:
                 inspected[ref] = ensured.image
         image = inspected[ref] if ref in inspected else podman.image_info(ref)
@@ -227,9 +234,20 @@ def build(
     if not the_builder.native and images.BASE not in p.base_digests:
         images.ensure(images.BASE)  # the builder itself, for a Systemfile FROM some other image
     package_step = not p.current_packages
+    # The image's layers are asked for as soon as it is tagged, while the builder's container goes away.
+    found: list[Future[list[layers.Layer] | None]] = []
     while True:
-        _build_image(the_builder, p, tag, annotations, secrets, package_step=package_step)
-        with layers.checkout(sysroot, tag, images.checks_dir()) as checkout:
+        found.clear()
+        _build_image(
+            the_builder,
+            p,
+            tag,
+            annotations,
+            secrets,
+            package_step=package_step,
+            on_tagged=lambda: found.append(run.in_background(layers.of_image, tag)),
+        )
+        with layers.checkout(sysroot, tag, images.checks_dir(), found[-1] if found else None) as checkout:
             settled = _settle_packages(p, checkout.root)
             if not package_step and (settled is not p or packages.fingerprint(checkout.root) != p.current_packages):
                 log.info("package step: the packages or apt's configuration changed, apt is asked")
@@ -261,6 +279,7 @@ def _build_image(
     secrets: Mapping[str, Path] | None,
     *,
     package_step: bool,
+    on_tagged: Callable[[], None],
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="arkes-build-") as tmp, log.step("build") as progress:
         # The builder reads the Systemfile in the syntax it knows (same lines, same result: see builderfile).
@@ -284,6 +303,7 @@ def _build_image(
             secrets=secrets,
             contexts=translated.contexts,
             on_step=lambda fraction, label: progress.update(fraction, label[:90]),
+            on_tagged=on_tagged,
             nice=True,
         )
 

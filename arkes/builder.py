@@ -208,9 +208,11 @@ def build(
     secrets: Mapping[str, Path] | None = None,
     contexts: Mapping[str, Path] | None = None,
     on_step: Callable[[float, str], None] | None = None,
+    on_tagged: Callable[[], None] | None = None,
     nice: bool = False,
 ) -> None:
-    """Build `containerfile` with `context` into `tag`, with cached layers; on_step(fraction, label) per STEP."""
+    """Build `containerfile` with `context` into `tag`, with cached layers; on_step(fraction, label) per STEP;
+    on_tagged() as soon as `tag` names the image (while the builder is still finishing)."""
     (builder.state / "cache-mounts").mkdir(parents=True, exist_ok=True)
     _running(builder).mkdir(parents=True, exist_ok=True)
     if any(_gone(m.name) for m in _running(builder).iterdir()):
@@ -262,6 +264,8 @@ def build(
             cached[0] += 1
         elif line.startswith("update_packages: "):
             log.info(line)  # what the package step did: the changes it made, or why it made none
+        elif line == f"Successfully tagged {tag}" and on_tagged:
+            on_tagged()
 
     try:
         run.stream(

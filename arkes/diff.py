@@ -118,6 +118,8 @@ def seeded_files(read: Reader) -> list[tuple[str, str]]:
         return []
     seeded = []
     for line in text.decode(errors="replace").splitlines():
+        if not line.startswith("C"):
+            continue  # only copies seed files (and shlex takes a while over the thousands of other lines)
         try:
             fields = shlex.split(line, comments=True)
         except ValueError:

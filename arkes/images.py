@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from arkes.errors import ArkesError
 
 ROOTFS = "localhost/arkes:rootfs"
 BASE = "localhost/arkes:base"
+OURS = (ROOTFS, BASE)
 INPUTS_LABEL = "org.arkes.inputs"
 SUITE = "trixie"
 # The distribution's suites: the release, its point-release updates and its security fixes.
@@ -135,31 +136,37 @@ def is_checkout() -> bool:
     return image_dir() != Path("/usr/share/arkes/image") or os.environ.get("ARKES_IMAGE_DIR") is not None
 
 
-def ensure(ref: str, *, force: bool = False, known: dict[str, object] | None = None) -> Built:
+def inspect(ref: str) -> dict[str, dict[str, object] | None]:
+    """The inspections ensure(ref) reads (each of ours that `ref` is built from, and `ref`), asked at once."""
+    return podman.images_info([ROOTFS, BASE] if ref == BASE and is_checkout() else [ref])
+
+
+def ensure(ref: str, *, force: bool = False, known: Mapping[str, dict[str, object] | None] | None = None) -> Built:
     """Make sure `ref` (one of ours) exists and matches its inputs, building what is missing or stale. `known`:
-    its inspection, where the caller has it already.
+    the inspections of ours (by ref, None where the storage does not hold it) the caller has already (inspect).
 
     On an installed system the images in local storage are the ones the system was installed with (it may have
     no network to bootstrap from); they are used as they are.
     """
+    known = known or {}
     if not is_checkout() and not force:
-        if known is not None or podman.image_exists(ref):
-            return Built(ref, False, known)
+        if known.get(ref) is not None or (ref not in known and podman.image_exists(ref)):
+            return Built(ref, False, known.get(ref))
         raise ArkesError(
             f"{ref} is not in this system's container storage",
             hint="it is copied there by `os install --disk`; `podman load` an exported copy to restore it",
         )
     if ref == ROOTFS:
         inputs = rootfs_inputs()
-        image = known if known is not None else podman.image_info(ROOTFS)
+        image = known[ROOTFS] if ROOTFS in known else podman.image_info(ROOTFS)
         if not force and _current(ROOTFS, inputs, image):
             return Built(ROOTFS, False, image)
         build_rootfs(inputs)
         return Built(ROOTFS, True)
     if ref == BASE:
-        rootfs = ensure(ROOTFS, force=force)
+        rootfs = ensure(ROOTFS, force=force, known=known)
         inputs = base_inputs(rootfs.image)
-        image = known if known is not None else podman.image_info(BASE)
+        image = known[BASE] if BASE in known else podman.image_info(BASE)
         if not force and not rootfs.rebuilt and _current(BASE, inputs, image):
             return Built(BASE, False, image)
         build_base(inputs)
@@ -168,7 +175,7 @@ def ensure(ref: str, *, force: bool = False, known: dict[str, object] | None = N
 
 
 def is_ours(ref: str) -> bool:
-    return ref in (ROOTFS, BASE)
+    return ref in OURS
 
 
 def build_rootfs(inputs: str) -> None:

@@ -20,6 +20,8 @@ from arkes import lint, log, podman, run, tree
 from arkes.names import layer_ref
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from arkes.ostree import Checkout, Sysroot
 
 SCRATCH_PREFIX = "arkes-tree-"
@@ -65,11 +67,14 @@ class Tree:
 
 
 @contextmanager
-def checkout(sysroot: Sysroot, ref: str, cache: Path | None = None) -> Iterator[Tree]:
+def checkout(
+    sysroot: Sysroot, ref: str, cache: Path | None = None, found: Future[list[Layer] | None] | None = None
+) -> Iterator[Tree]:
     """The tree of image `ref`: checked out from its layers' commits (importing the layers not committed yet),
     or, where its storage is not the overlay driver's, a mounted container of it. Removed afterwards. `cache`:
-    where what was read from each layer (its private keys) is kept (lint.layer_keys)."""
-    layers = of_image(ref)
+    where what was read from each layer (its private keys) is kept (lint.layer_keys); `found`: of_image(ref),
+    asked already."""
+    layers = found.result() if found is not None else of_image(ref)
     if layers is None:
         log.debug(f"{ref}: not in overlay storage, committing its mounted tree")
         with podman.mounted_container(ref) as root:

@@ -1,9 +1,10 @@
 """Benchmark: `os` against the raw tools on the same base image, printed as ratios.
 
-    make bench            (or: .venv/bin/python bench/upgrade.py [--runs N])
+    make bench            (or: .venv/bin/python bench/upgrade.py [--runs N] [--changes N])
 
-Measures, in one run: the no-op `os upgrade`; a one-line Systemfile change through `os upgrade` against the
-distribution's Buildah building such a change by hand plus a raw `ostree admin deploy`, next to what a raw
+Measures, in one run: the no-op `os upgrade`; one-line Systemfile changes through `os upgrade` (the median of
+--changes of them) against the distribution's Buildah building such a change by hand plus a raw `ostree admin
+deploy`, next to what a raw
 `ostree commit` of the whole tree costs (what every upgrade paid before layer-aware commits); how much the
 repository grew for that change against the bytes of the layers it added (the new objects' bytes against the
 layers' uncompressed tar, and both in whole blocks on disk); a rebuild with every layer cached (the
@@ -90,6 +91,12 @@ def raw_deploy(sysroot: Path, commit: str) -> float:
     return seconds
 
 
+def default_systemfile(sysroot: Path, deployment: dict[str, object]) -> Path:
+    """The Systemfile in the /etc of a deployment (as `os status --json` lists it), which `os upgrade` reads."""
+    name = f"{deployment['checksum']}.{deployment['serial']}"
+    return sysroot / "ostree/deploy/arkes/deploy" / name / "etc/system/Systemfile"
+
+
 def objects_bytes(repo: Path) -> int:
     """What the repository's objects take on disk (whole blocks)."""
     return int(sh("du", "-sB1", str(repo / "objects")).split()[0])
@@ -144,6 +151,7 @@ def commit_layers(sysroot: Path, checksum: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="repetitions of the fast measurements")
+    parser.add_argument("--changes", type=int, default=3, help="one-line changes measured on each side")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="arkes-bench-")
     try:
@@ -151,8 +159,7 @@ def main() -> int:
         print("installing the default system ...", file=sys.stderr)
         os_(sysroot, "install")
         status = json.loads(os_(sysroot, "status", "--json"))["deployments"][0]
-        deployment = sysroot / "ostree/deploy/arkes/deploy" / f"{status['checksum']}.{status['serial']}"
-        systemfile = deployment / "etc/system/Systemfile"
+        systemfile = default_systemfile(sysroot, status)
 
         noop = statistics.median(timed(lambda: os_(sysroot, "upgrade")) for _ in range(args.runs))
 
@@ -183,6 +190,18 @@ def main() -> int:
         added = layer_bytes(new_layers)
         added_bytes = layer_tar_bytes(new_layers)
 
+        # More one-line changes, each side its own, for a median: a single run varies by tenths of a second.
+        changes, raws = [change], [raw_build + raw_deploy_s]
+        for i in range(1, args.changes):
+            add_line(raw_file, f"RUN echo raw-{stamp}-{i} > /usr/share/bench-change-{i}")
+            built = raw_buildah(raw_dir, raw_file, "localhost/arkes-bench:raw")
+            sh("podman", "rmi", "localhost/arkes-bench:raw")
+            current = json.loads(os_(sysroot, "status", "--json"))["deployments"][0]
+            raws.append(built + raw_deploy(sysroot, current["checksum"]))
+            add_line(default_systemfile(sysroot, current), f"RUN echo os-{stamp}-{i} > /usr/share/bench-change-{i}")
+            changes.append(timed(lambda: os_(sysroot, "upgrade")))
+        systemfile = default_systemfile(sysroot, json.loads(os_(sysroot, "status", "--json"))["deployments"][0])
+
         # Every layer cached: the build step of `os build` against the same build by hand with the builder.
         cached_raw = statistics.median(
             raw_buildah(systemfile.parent, systemfile, "localhost/arkes-bench:cached") for _ in range(args.runs)
@@ -202,11 +221,17 @@ def main() -> int:
             subprocess.run(["chattr", "-i", str(deployment_dir)], check=False)
         shutil.rmtree(tmp)
 
-    raw = raw_build + raw_deploy_s
+    raw = statistics.median(raws)
     print(f"no-op os upgrade:            {noop:7.3f} s")
-    print(f"one-line change, os upgrade: {change:7.3f} s")
-    print(f"  podman build + ostree admin deploy: {raw:7.3f} s  ({raw_build:.3f} + {raw_deploy_s:.3f})")
-    print(f"  ratio os/raw:                       {change / raw:7.2f}")
+    print(f"one-line change, os upgrade: {statistics.median(changes):7.3f} s  (median of {len(changes)} changes)")
+    print(
+        f"  podman build + ostree admin deploy: {raw:7.3f} s  (median; the first {raw_build:.3f} + {raw_deploy_s:.3f})"
+    )
+    print(f"  ratio os/raw:                       {statistics.median(changes) / raw:7.2f}")
+    print(
+        "  each change, os and raw:            "
+        + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(changes, raws, strict=True))
+    )
     print(f"  a full ostree commit of the tree:   {raw_commit:7.3f} s  (what each upgrade paid before layers)")
     print(f"repository growth for it:    {grown_bytes / 1024:7.1f} KiB  (its new objects' bytes)")
     print(f"  the layers it added:          {added_bytes / 1024:7.1f} KiB  (their tar's bytes)")
