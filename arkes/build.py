@@ -308,6 +308,20 @@ def _build_image(
         )
 
 
+def recorded(p: Plan, annotations: Mapping[str, str]) -> Metadata:
+    """What a commit of the plan's build records of its inputs (commit_tree adds what it finds in the tree)."""
+    return Metadata(
+        input_hash=p.input_hash,
+        base_image=p.base_image,
+        base_digest=p.base_digest,
+        systemfile_sha256=annotations["org.arkes.systemfile-sha256"],
+        context=tuple(p.manifest),
+        machine_kargs=tuple(p.kargs),
+        package_state=p.package_state.digest,
+        package_indexes=tuple(sorted(p.package_state.indexes.items())),
+    )
+
+
 def _commit(
     sysroot: Sysroot,
     p: Plan,
@@ -315,8 +329,16 @@ def _commit(
     annotations: Mapping[str, str],
     allow_secrets: Collection[str],
 ) -> tuple[str, str, list[str]]:
-    """Rewrite and check the tree of a checkout, and commit it; return its checksum, version and kernel arguments."""
-    version = next_version(sysroot)
+    return commit_tree(sysroot, checkout, recorded(p, annotations), allow_secrets)
+
+
+def commit_tree(
+    sysroot: Sysroot, checkout: layers.Tree, inputs: Metadata, allow_secrets: Collection[str]
+) -> tuple[str, str, list[str]]:
+    """Rewrite and check the tree of a checkout, and commit it (moving BUILD_REF); return its checksum, version
+    and kernel arguments. `inputs`: what the commit records of where the image came from; its version, when it
+    has one (a published image's), else the next of this machine."""
+    version = inputs.version or next_version(sysroot)
     root = checkout.root
     with log.step("rewrite"):
         stripped = tree.rewrite(root)
@@ -332,19 +354,12 @@ def _commit(
     packages_ = tree.packages(root)
     image_kargs = tree.image_kargs(root)
     kernels = tree.kernels(root)
-    metadata = Metadata(
+    metadata = dataclasses.replace(
+        inputs,
         version=version,
-        input_hash=p.input_hash,
-        base_image=p.base_image,
-        base_digest=p.base_digest,
-        systemfile_sha256=annotations["org.arkes.systemfile-sha256"],
         packages=tuple(packages_),
         kargs=tuple(image_kargs),
         tool_version=__version__,
-        context=tuple(p.manifest),
-        machine_kargs=tuple(p.kargs),
-        package_state=p.package_state.digest,
-        package_indexes=tuple(sorted(p.package_state.indexes.items())),
         kernel=kernels[-1].version if kernels else "",
         allowed_secrets=tuple(allowed),
         layers=checkout.layers,

@@ -339,6 +339,32 @@ def cli_pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_publish(args: argparse.Namespace) -> int:
+    from arkes import publish
+
+    target = open_target(args)
+    show(args, publish.publish(target.sysroot, args.reference, index=args.index))
+    return 0
+
+
+def cli_switch(args: argparse.Namespace) -> int:
+    from arkes import deploy, follow, results
+
+    if not args.local and not args.reference:
+        raise UsageError("give the REFERENCE to follow, or --local for this machine's Systemfile")
+    target = open_target(args, writes=True)
+    if args.local:
+        outcome = deploy.upgrade(target, deploy=True, local=True, allow_secrets=_allowed_secrets_arg(args))
+    else:
+        with target.sysroot.lock():
+            target.sysroot.reload()
+            outcome = follow.upgrade(target, args.reference, allow_secrets=_allowed_secrets_arg(args))
+    if outcome.deployed:
+        statuscache.refresh(target.path)
+    show(args, results.Upgraded(**_outcome_fields(outcome)))
+    return 0
+
+
 def cli_images(args: argparse.Namespace) -> int:
     from arkes import images, results
 
@@ -613,6 +639,38 @@ VERBS: tuple[Verb, ...] = (
         options=(
             opt("index", type=int, help="the deployment's index in `os status`"),
             opt("--unpin", action="store_true", help="remove the pin"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
+        "publish",
+        cli_publish,
+        "push the system to an OCI registry, for other machines to follow",
+        "Push the image the default deployment (or deployment N) was built from to an OCI registry as an\n"
+        "ordinary image: REGISTRY/NAME[:TAG] (the tag defaults to latest). It carries its provenance as\n"
+        "labels (org.arkes.version, .commit, .input-hash, .base-digest, .packages, ...); `skopeo inspect`\n"
+        "shows them and `podman run` runs it. Only the layers the registry lacks are sent. Registries that\n"
+        "registries.conf declares insecure are reached as Podman reaches them, with `podman login`'s\n"
+        "credentials. Prints REFERENCE@DIGEST, which names exactly this system.",
+        (
+            opt("reference", metavar="REFERENCE", help="where to push: REGISTRY/NAME[:TAG]"),
+            opt("--index", type=int, default=0, metavar="N", help="the deployment to publish (default: 0)"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
+        "switch",
+        cli_switch,
+        "follow a published system (or --local: this machine's Systemfile again)",
+        "Make this machine follow a system that `os publish` pushed to a registry: pull REFERENCE (only\n"
+        "the layers this machine lacks), commit it as a build would (the same rewrite and checks) and deploy\n"
+        "it as the next default, the previous deployment kept. From then on `os upgrade` takes REFERENCE's\n"
+        "newest image and `os checkupdates` asks its registry. With --local, build /etc/system/Systemfile\n"
+        "again and deploy that.",
+        (
+            opt("reference", metavar="REFERENCE", nargs="?", help="REGISTRY/NAME[:TAG] to follow", group="source"),
+            opt("--local", action="store_true", help="build this machine's own Systemfile again", group="source"),
+            opt("--allow-secret", action="append", metavar="PATH", help="a private key the image may carry"),
             JSON_OPTION,
         ),
     ),

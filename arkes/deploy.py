@@ -44,7 +44,7 @@ def package_state(
     return packages.State(state.indexes | kept, state.unreachable)
 
 
-def _install_kargs(sysroot: Sysroot) -> list[str]:
+def install_kargs(sysroot: Sysroot) -> list[str]:
     default = sysroot.default()
     if default is None:
         return []
@@ -74,16 +74,40 @@ def _deploy(
     customize: Callable[[Path], None] | None = None,
 ) -> None:
     """Deploy a built commit as the new default. With copy, the Systemfile and its context become its /etc/system."""
-    kargs = [*install_kargs, *result.image_kargs, *result.plan.kargs]
     origin = {ORIGIN_INPUT_HASH: result.plan.input_hash}
+    system = (result.plan.context, result.plan.systemfile.path) if copy else None
+    deploy_commit(
+        sysroot,
+        result.checksum,
+        [*result.image_kargs, *result.plan.kargs],
+        install_kargs,
+        origin,
+        system=system,
+        customize=customize,
+    )
+
+
+def deploy_commit(
+    sysroot: Sysroot,
+    checksum: str,
+    kargs: list[str],
+    install_kargs: list[str],
+    origin: Mapping[str, str],
+    *,
+    system: tuple[Path, Path] | None = None,
+    customize: Callable[[Path], None] | None = None,
+) -> None:
+    """Deploy a commit as the new default, with the image's and the machine's `kargs` after `install_kargs`.
+    `system` (context, Systemfile): they become its /etc/system."""
+    origin = dict(origin)
     if install_kargs:
         origin[ORIGIN_INSTALL_KARGS] = " ".join(install_kargs)
 
     staged = sysroot.booted is not None
 
     def prepare(deployment_dir: Path) -> None:
-        if copy:
-            _copy_system_dir(result.plan.context, result.plan.systemfile.path, deployment_dir)
+        if system is not None:
+            _copy_system_dir(*system, deployment_dir)
         if customize is not None:
             customize(deployment_dir)
         if staged:
@@ -91,9 +115,9 @@ def _deploy(
         etc.finish(deployment_dir / "etc", deployment_dir / "usr/etc")
 
     with log.step("deploy"):
-        sysroot.deploy(result.checksum, origin=origin, kargs=_dedupe(kargs), prepare=prepare)
+        sysroot.deploy(checksum, origin=origin, kargs=_dedupe([*install_kargs, *kargs]), prepare=prepare)
         if staged:
-            etc.mark_pending(Path("/etc"), result.checksum)
+            etc.mark_pending(Path("/etc"), checksum)
         bootloader.write_menu(sysroot)
 
 
@@ -171,16 +195,24 @@ def upgrade(
     package_updates: bool = True,
     secrets: Mapping[str, Path] | None = None,
     allow_secrets: Collection[str] = (),
+    local: bool = False,
 ) -> Outcome:
     """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
 
     With reuse, inputs equal to the default deployment's mean "up to date", and a commit already built from the
     same inputs (`--download-only`) is deployed without building again. Without package_updates, the package
-    state stays the default deployment's (see arkes.packages).
+    state stays the default deployment's (see arkes.packages). A machine that follows a published system takes
+    it from its registry instead (arkes.follow), unless `local` or a Systemfile given on the command line says
+    to build.
     """
+    from arkes import follow
+
     sysroot = target.sysroot
     with sysroot.lock():
         sysroot.reload()
+        followed = follow.source(sysroot.default())
+        if followed and not local and target.given_systemfile is None:
+            return follow.upgrade(target, followed, deploy_it=deploy, allow_secrets=allow_secrets)
         machine_etc = target.system_etc
         path = target.systemfile()
         if not builder.is_arkes_system():
@@ -199,7 +231,7 @@ def upgrade(
         for url in moved:
             log.info(f"package repository {url} published a new release")
         p = p.with_packages(state)
-        if reuse and current is not None and current.metadata.input_hash == p.input_hash:
+        if reuse and current is not None and not followed and current.metadata.input_hash == p.input_hash:
             log.info(f"the system is up to date (version {current.version}, input hash {p.input_hash[:12]})")
             return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
         if current is not None:
@@ -212,21 +244,14 @@ def upgrade(
         else:
             log.info(f"version {result.version} is already built from these inputs")
         if current is not None:
-            _name_package_changes(current.metadata, sysroot.commit(result.checksum).metadata)
+            name_package_changes(current.metadata, sysroot.commit(result.checksum).metadata)
         if not deploy:
             return Outcome(result.checksum, result.version, deployed=False, up_to_date=False)
         # The Systemfile moves into the new /etc only when it came from elsewhere; otherwise /etc's merge carries it.
         outside = path.parent != target.system_dir.resolve() and path.parent != target.system_dir
-        merge = sysroot.merge_deployment()
-        if merge is not None:
-            with log.step("pre-flight"):
-                preflight.check(sysroot, result.checksum, machine_etc, sysroot.deployment_dir(merge) / "usr/etc")
-            identity.adopt(machine_etc, sysroot.deployment_dir(merge) / "usr/etc", target.state_dir)
-        etc.check_users(sysroot, result.checksum, machine_etc)
-        if default is not None:
-            _name_kept_var(target, default.checksum, result.checksum)
+        before_deploy(target, result.checksum)
         staged = sysroot.booted is not None
-        _deploy(sysroot, result, _install_kargs(sysroot), copy=outside and not staged)
+        _deploy(sysroot, result, install_kargs(sysroot), copy=outside and not staged)
         if outside and staged:
             # A staged deployment takes the running /etc at shutdown: the Systemfile goes there.
             _copy_system_dir(p.context, path, machine_etc.parent)
@@ -234,7 +259,23 @@ def upgrade(
         return Outcome(result.checksum, result.version, deployed=True, up_to_date=False)
 
 
-def _name_package_changes(old: Metadata, new: Metadata) -> None:
+def before_deploy(target: Target, checksum: str) -> None:
+    """What is checked and said before the commit `checksum` is deployed on `target`: room and /etc (pre-flight),
+    the machine's identity and users kept, the files under /var the new system seeds but finds there."""
+    sysroot = target.sysroot
+    machine_etc = target.system_etc
+    merge = sysroot.merge_deployment()
+    if merge is not None:
+        with log.step("pre-flight"):
+            preflight.check(sysroot, checksum, machine_etc, sysroot.deployment_dir(merge) / "usr/etc")
+        identity.adopt(machine_etc, sysroot.deployment_dir(merge) / "usr/etc", target.state_dir)
+    etc.check_users(sysroot, checksum, machine_etc)
+    default = sysroot.default()
+    if default is not None:
+        _name_kept_var(target, default.checksum, checksum)
+
+
+def name_package_changes(old: Metadata, new: Metadata) -> None:
     """Say which packages the new system changes (name, old → new, from two commits' metadata), before anything
     is deployed."""
     from arkes import diff

@@ -15,3 +15,9 @@ LAYER_REFS = "arkes/layers/"  # each image layer's commit, by digest (see arkes.
 def layer_ref(digest: str) -> str:
     """The ref of an image layer's commit: arkes/layers/HEX."""
     return LAYER_REFS + digest.removeprefix("sha256:")
+
+
+# A deployment that came from a published system (arkes.follow) names it in its origin: the registry reference
+# the machine follows, and the digest of the image deployed.
+ORIGIN_SOURCE = "source"
+ORIGIN_DIGEST = "digest"

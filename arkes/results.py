@@ -159,6 +159,26 @@ class Pruned(Result):
         ]
 
 
+# --- publish -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published(Result):
+    KIND: ClassVar[str] = "Publish"
+    reference: str  # REGISTRY/NAME:TAG
+    digest: str  # of the manifest pushed: REFERENCE@DIGEST names exactly this system
+    version: str
+    checksum: str
+    input_hash: str
+
+    def render(self) -> str:
+        repository = self.reference.rpartition(":")[0]  # the reference always has its tag (publish.reference)
+        return f"{repository}@{self.digest}\n"
+
+    def said(self) -> list[str]:
+        return [f"published version {self.version} ({self.checksum[:12]}) as {self.reference} ({self.digest})"]
+
+
 # --- du ------------------------------------------------------------------------------------------------------
 
 
@@ -243,7 +263,7 @@ class Diff(Result):
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package, kernel
+    kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package, kernel, published
     subject: str
     old: str
     new: str

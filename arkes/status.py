@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from arkes import model
+from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.target import UPDATE_CHECK, machine_etc
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
+    from arkes.records import Deployment as OSTreeDeployment
 
 API_VERSION = model.API_VERSION
 
@@ -38,6 +40,7 @@ class Deployment:
     staged: bool
     pinned: bool
     unlocked: str
+    source: str = ""  # REFERENCE@DIGEST of the published system it came from; "" for the machine's Systemfile
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,18 @@ def listing(sysroot: Sysroot) -> Listing:
                 staged=d.staged,
                 pinned=d.pinned,
                 unlocked=d.unlocked,
+                source=_source(d),
             )
         )
     roots = tuple(sysroot.deployment_dir(d) for d in found)
     etc = machine_etc(sysroot.path, roots[0] if roots else None)
     return Listing(str(sysroot.path), tuple(result), roots, etc)
+
+
+def _source(d: OSTreeDeployment) -> str:
+    """Where a deployment came from (the origin `os switch` and `os upgrade` write: see arkes.follow)."""
+    ref, digest = d.origin_value(ORIGIN_SOURCE), d.origin_value(ORIGIN_DIGEST)
+    return f"{ref.rpartition(':')[0]}@{digest}" if ref and digest else ref
 
 
 def finish(found: Listing, state_dir: Path) -> Status:
@@ -177,6 +187,7 @@ def render(status: Status) -> str:
         lines.append(f"     built       {d.timestamp}")
         lines.append(f"     base        {d.base_image or '-'} {d.base_digest or ''}".rstrip())
         lines.append(f"     input hash  {d.input_hash or '-'}")
+        lines.append(f"     source      {d.source or 'the Systemfile in /etc/system'}")
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kernel      {d.kernel or '-'}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")

@@ -27,7 +27,7 @@ from arkes.names import STATEROOT
 
 # Bump when what the cache holds, or how a deployment's status is collected, changes: a cache of another format
 # (or written by another version of `os`) has another fingerprint, so it is never used.
-FORMAT = 1
+FORMAT = 2  # 2: each deployment's source
 NAME = "status-cache.json"  # in the machine's state directory
 
 ROOT = "/"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
+from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.records import Metadata
 from arkes.results import Finding, UpdateCheck
 from arkes.target import Target
@@ -82,6 +83,19 @@ def _input_findings(target: Target, metadata: Metadata) -> list[Finding]:
     if tool != __version__:
         findings.append(Finding("tool", "os", tool, __version__))
     return findings
+
+
+def _published_findings(ref: str, deployed: str, errors: list[str]) -> list[Finding]:
+    """The published system `ref` names another image than the one deployed: the registry is asked, nothing is
+    pulled."""
+    from arkes import follow
+
+    try:
+        digest = follow.remote_digest(ref)
+    except ArkesError as e:
+        errors.append(f"cannot ask the registry for {ref}: {e.message}")
+        return []
+    return [Finding("published", ref, deployed, digest)] if digest != deployed else []
 
 
 def _base_findings(metadata: Metadata, errors: list[str]) -> list[Finding]:
@@ -159,11 +173,16 @@ def check(target: Target, *, packages: bool = True) -> UpdateCheck:
         raise ArkesError(f"{sysroot.path} has no deployment to check")
     metadata = sysroot.commit(default.checksum).metadata
     errors: list[str] = []
-    findings = _input_findings(target, metadata)
-    findings += _base_findings(metadata, errors)
-    if packages:
-        findings += _repository_findings(target, metadata, errors)
-        findings += _package_findings(sysroot, metadata, errors)
+    followed = default.origin_value(ORIGIN_SOURCE)
+    if followed:
+        # A machine that follows a published system takes what its registry names, packages included.
+        findings = _published_findings(followed, default.origin_value(ORIGIN_DIGEST), errors)
+    else:
+        findings = _input_findings(target, metadata)
+        findings += _base_findings(metadata, errors)
+        if packages:
+            findings += _repository_findings(target, metadata, errors)
+            findings += _package_findings(sysroot, metadata, errors)
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     report = UpdateCheck(now, default.checksum, tuple(findings), tuple(errors))
     try:

@@ -42,7 +42,10 @@ def deployment(index: int, **overrides: object) -> status.Deployment:
 
 MODEL = status.Status(
     "/srv/sysroot",
-    (deployment(0), deployment(1, booted=True, pinned=True, unlocked="hotfix")),
+    (
+        deployment(0, source="registry.example.com/fleet/system@sha256:" + "9" * 64),
+        deployment(1, booted=True, pinned=True, unlocked="hotfix"),
+    ),
 )
 
 

@@ -1,0 +1,108 @@
+"""Follow a published system: a machine that `os switch`ed to a registry image takes its updates from there.
+
+`os switch REF` pulls the image (only the layers this machine's storage lacks), makes its tree the way a build
+does — the same rewrite and the same gate, from the image's layers — and deploys it as the new default, with
+REF and the image's digest in the deployment's origin. From then on `os upgrade` pulls REF again and deploys
+what changed, `os checkupdates` asks the registry for REF's digest without pulling, and `os status` names the
+source of each deployment. The machine's /etc/system/Systemfile stays where it is: `os switch --local` builds
+from it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from arkes import build, builder, deploy, images, layers, log, podman, run
+from arkes.errors import ArkesError
+from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
+from arkes.publish import LABELS, reference
+from arkes.records import Deployment, Metadata
+from arkes.results import Outcome
+from arkes.target import Target
+
+
+@dataclass(frozen=True)
+class Pulled:
+    ref: str
+    image_id: str
+    digest: str
+    labels: dict[str, str]
+
+
+def source(deployment: Deployment | None) -> str:
+    """What a deployment follows: a registry reference, or "" for the machine's own Systemfile."""
+    return deployment.origin_value(ORIGIN_SOURCE) if deployment is not None else ""
+
+
+def pull(ref: str) -> Pulled:
+    """Pull `ref` into this machine's container storage (the layers it lacks) and read what it is."""
+    with log.step("pull") as progress:
+        blobs = [0]
+
+        def on_line(line: str) -> None:
+            if line.startswith("Copying blob "):
+                blobs[0] += 1
+                progress.update(0.0, f"{blobs[0]} blob(s): {line.removeprefix('Copying blob ')[:60]}")
+
+        run.stream(["podman", "pull", f"docker://{ref}"], on_line, what=f"pulling {ref}")
+    image = podman.inspect_image(ref)
+    repository = ref.rpartition(":")[0]
+    digest = str(image.get("Digest") or "")
+    for named in image.get("RepoDigests") or []:  # type: ignore[attr-defined]
+        if str(named).startswith(repository + "@"):
+            digest = str(named).rpartition("@")[2]
+    return Pulled(ref, str(image["Id"]), digest, podman.image_labels(ref, image))
+
+
+def skopeo() -> list[str]:
+    """skopeo, told of a registries.conf named by CONTAINERS_REGISTRIES_CONF, which Podman reads but skopeo 1.9
+    (Debian 12's) does not."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    return ["skopeo", *(["--registries-conf", conf] if conf else [])]
+
+
+def remote_digest(ref: str) -> str:
+    """The digest REF names in its registry now, asked without pulling anything."""
+    argv = [*skopeo(), "inspect", "--format", "{{.Digest}}", f"docker://{ref}"]
+    return run.run(argv, what=f"asking the registry for {ref}").stdout.strip()
+
+
+def upgrade(target: Target, ref: str, *, deploy_it: bool = True, allow_secrets: Collection[str] = ()) -> Outcome:
+    """Deploy what `ref` names now, unless the default deployment is that already. The caller holds the lock."""
+    sysroot = target.sysroot
+    ref = reference(ref)
+    if not builder.is_arkes_system():
+        builder.host_storage()
+    pulled = pull(ref)
+    default = sysroot.default()
+    if default is not None and source(default) == ref and default.origin_value(ORIGIN_DIGEST) == pulled.digest:
+        current = sysroot.commit(default.checksum)
+        log.info(f"the system is up to date: version {current.version} is {ref} ({pulled.digest})")
+        return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+    labels = pulled.labels
+    if not labels.get(f"{LABELS}commit"):
+        raise ArkesError(
+            f"{ref} is not a published Arkēs system (it has no {LABELS}commit label)",
+            hint="follow what `os publish` pushed",
+        )
+    inputs = Metadata(
+        version=labels.get(f"{LABELS}version", ""),
+        input_hash=labels.get(f"{LABELS}input-hash", ""),
+        base_image=labels.get(f"{LABELS}base-image", ""),
+        base_digest=labels.get(f"{LABELS}base-digest", ""),
+        systemfile_sha256=labels.get(f"{LABELS}systemfile-sha256", ""),
+        machine_kargs=target.kargs,
+    )
+    with layers.checkout(sysroot, pulled.image_id, images.checks_dir()) as checkout:
+        checksum, version, image_kargs = build.commit_tree(sysroot, checkout, inputs, allow_secrets)
+    if default is not None:
+        deploy.name_package_changes(sysroot.commit(default.checksum).metadata, sysroot.commit(checksum).metadata)
+    if not deploy_it:
+        return Outcome(checksum, version, deployed=False, up_to_date=False)
+    deploy.before_deploy(target, checksum)
+    origin = {deploy.ORIGIN_INPUT_HASH: inputs.input_hash, ORIGIN_SOURCE: ref, ORIGIN_DIGEST: pulled.digest}
+    deploy.deploy_commit(sysroot, checksum, [*image_kargs, *target.kargs], deploy.install_kargs(sysroot), origin)
+    log.info(f"deployed version {version} ({checksum[:12]}) from {ref}; it becomes active on the next boot")
+    return Outcome(checksum, version, deployed=True, up_to_date=False)

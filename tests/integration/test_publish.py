@@ -1,0 +1,212 @@
+"""`os publish` and `os switch` against a real OCI registry (Debian's docker-registry on 127.0.0.1, declared
+insecure in a registries.conf as a person would): the system becomes an ordinary image that skopeo inspects and
+Podman runs, with its provenance in its labels; a one-line change sends only the layers the registry lacks; another
+machine follows it, learns of an update from the registry without pulling, takes it, and goes back to its own
+Systemfile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arkes.follow import skopeo
+from tests.integration.conftest import System, installed, own_copy
+from tests.integration.registry import Registry, running_registry
+
+pytestmark = pytest.mark.integration
+
+# This host's Podman: runc, and limits the container cannot raise itself.
+PODMAN_RUN = [
+    "podman",
+    "run",
+    "--rm",
+    "--network=none",
+    "--runtime=runc",
+    "--ulimit",
+    "nofile=20000:20000",
+    "--ulimit",
+    "nproc=4096:4096",
+]
+
+SYSTEMFILE = """
+    FROM localhost/arkes:base
+    RUN echo published > /usr/share/arkes-published
+    RUN post_build
+"""
+
+# Another machine, with a Systemfile of its own.
+CLIENT = """
+    FROM localhost/arkes:base
+    RUN echo client > /usr/share/arkes-client
+    RUN post_build
+"""
+
+
+@pytest.fixture(scope="module")
+def publisher(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> System:
+    return installed(tmp_path_factory, "publisher", SYSTEMFILE)
+
+
+@pytest.fixture
+def system(publisher: System, tmp_path: Path) -> Iterator[System]:
+    yield from own_copy(publisher, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def client_template(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> System:
+    return installed(tmp_path_factory, "client", CLIENT)
+
+
+@pytest.fixture
+def client(client_template: System, tmp_path: Path) -> Iterator[System]:
+    yield from own_copy(client_template, tmp_path / "client")
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+    with running_registry(tmp_path / "registry") as served:
+        # Podman, skopeo and `os` read it: the registry is plain HTTP, as registries.conf says.
+        monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(served.registries_conf))
+        yield served
+
+
+def skopeo_inspect(ref: str) -> dict[str, Any]:
+    out = subprocess.run([*skopeo(), "inspect", f"docker://{ref}"], capture_output=True, text=True, check=True)
+    found: dict[str, Any] = json.loads(out.stdout)
+    return found
+
+
+def test_a_published_system_is_an_ordinary_image_with_its_provenance(system: System, registry: Registry) -> None:
+    ref = f"{registry.host}/fleet/system:stable"
+    published = system.os("publish", ref, "--json")
+    document = json.loads(published.stdout)
+    deployed = system.status()[0]
+    assert document["kind"] == "Publish" and document["reference"] == ref
+    assert document["checksum"] == deployed["checksum"] and document["version"] == deployed["version"]
+    assert f"published version {deployed['version']}" in published.stderr
+
+    inspected = skopeo_inspect(ref)
+    assert inspected["Digest"] == document["digest"]
+    labels = inspected["Labels"]
+    assert isinstance(labels, dict)
+    assert labels["org.arkes.commit"] == deployed["checksum"]
+    assert labels["org.arkes.version"] == deployed["version"]
+    assert labels["org.arkes.input-hash"] == deployed["inputHash"]
+    assert labels["org.arkes.base-image"] == "localhost/arkes:base"
+    assert labels["org.arkes.base-digest"].startswith("sha256:")
+    assert "bash=" in labels["org.arkes.packages"] and "systemd=" in labels["org.arkes.packages"]
+
+    # Runnable as any image: pulled by digest from the registry and started by Podman.
+    by_digest = f"{ref.rpartition(':')[0]}@{document['digest']}"
+    ran = subprocess.run(
+        [*PODMAN_RUN, by_digest, "cat", "/usr/share/arkes-published"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == 0 and ran.stdout == "published\n", ran.stderr
+
+    # A one-line change: the registry receives the layers it lacks and the new configuration, nothing else.
+    layers_before = set(inspected["Layers"])
+    pushed_before = len(registry.uploaded())
+    system.add_line("RUN echo one line > /usr/share/arkes-one-line")
+    system.os("upgrade")
+    again = json.loads(system.os("publish", ref, "--json").stdout)
+    assert again["digest"] != document["digest"] and again["checksum"] == system.status()[0]["checksum"]
+    after = skopeo_inspect(ref)
+    new_layers = set(after["Layers"]) - layers_before
+    pushed = registry.uploaded()[pushed_before:]
+    assert 0 < len(new_layers) < len(after["Layers"]) // 2
+    assert set(pushed) - new_layers == {after_config(ref)}, "the new layers and the new configuration"
+    assert new_layers <= set(pushed)
+
+
+def tree_listing(system: System) -> list[str]:
+    """Every path of the default deployment's commit with its mode, owner and content checksum."""
+    commit = system.status()[0]["checksum"]
+    listed = subprocess.run(
+        ["ostree", "ls", f"--repo={system.repo}", "-R", "-C", commit, "/"], capture_output=True, text=True, check=True
+    )
+    return listed.stdout.splitlines()
+
+
+def after_config(ref: str) -> str:
+    out = subprocess.run(
+        [*skopeo(), "inspect", "--raw", f"docker://{ref}"], capture_output=True, text=True, check=True
+    ).stdout
+    digest: str = json.loads(out)["config"]["digest"]
+    return digest
+
+
+def test_what_cannot_be_published_is_refused_with_a_reason(system: System, registry: Registry) -> None:
+    short = system.os("publish", "system:1", check=False)
+    assert short.returncode == 2 and "system:1 is not a registry reference" in short.stderr
+    assert "REGISTRY/NAME[:TAG]" in short.stderr
+
+    gone = system.os("publish", "127.0.0.1:9/fleet/system:1", check=False)
+    assert gone.returncode == 1 and "pushing to 127.0.0.1:9/fleet/system:1" in gone.stderr, gone.stderr
+
+    missing = system.os("publish", f"{registry.host}/fleet/system:1", "--index", "3", check=False)
+    assert missing.returncode == 2 and "there is no deployment 3" in missing.stderr
+    assert registry.uploaded() == [], "nothing was pushed"
+
+
+def test_a_machine_follows_a_published_system_and_goes_back_to_its_own(
+    system: System, client: System, registry: Registry
+) -> None:
+    ref = f"{registry.host}/fleet/system:stable"
+    repository = ref.rpartition(":")[0]
+    first = json.loads(system.os("publish", ref, "--json").stdout)
+    try:
+        switched = client.os("switch", ref)
+        assert f"from {ref}" in switched.stderr, switched.stderr
+        followed, own = client.status()[:2]
+        assert followed["source"] == f"{repository}@{first['digest']}" and own["source"] == ""
+        assert followed["version"] == first["version"], "the publisher's version"
+        assert (client.deployment_dir() / "usr/share/arkes-published").is_file()
+        assert not (client.deployment_dir() / "usr/share/arkes-client").exists()
+        assert (client.deployment_dir(1) / "usr/share/arkes-client").is_file(), "the previous system is kept"
+        assert "source      " + followed["source"] in client.os("status").stdout
+
+        assert json.loads(client.os("upgrade", "--json").stdout)["upToDate"] is True
+        assert client.os("checkupdates", check=False).returncode == 2
+
+        # The publisher changes a line and publishes: the client learns of it from the registry, then takes it.
+        system.add_line("RUN echo second > /usr/share/arkes-second")
+        system.os("upgrade")
+        second = json.loads(system.os("publish", ref, "--json").stdout)
+        check = client.os("checkupdates", "--json", check=False)
+        assert check.returncode == 0, check.stderr
+        (finding,) = json.loads(check.stdout)["updates"]
+        assert (finding["kind"], finding["subject"]) == ("published", ref)
+        assert (finding["old"], finding["new"]) == (first["digest"], second["digest"])
+        assert len(client.status()) == 2, "nothing was deployed by asking"
+
+        upgraded = client.os("upgrade")
+        assert f"deployed version {second['version']}" in upgraded.stderr, upgraded.stderr
+        assert client.status()[0]["source"] == f"{repository}@{second['digest']}"
+        assert (client.deployment_dir() / "usr/share/arkes-second").read_text() == "second\n"
+        assert tree_listing(client) == tree_listing(system), "the publisher's tree, file for file"
+
+        # Back to the machine's own Systemfile.
+        client.os("switch", "--local")
+        back = client.status()[0]
+        assert back["source"] == "" and (client.deployment_dir() / "usr/share/arkes-client").is_file()
+        assert client.os("checkupdates", check=False).returncode == 2, "its own inputs did not change"
+        client.fsck()
+    finally:
+        subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)
+
+
+def test_switch_refuses_what_is_no_published_system(client: System, registry: Registry) -> None:
+    before = client.snapshot()
+    nowhere = client.os("switch", f"{registry.host}/fleet/nothing:1", check=False)
+    assert nowhere.returncode == 1 and f"pulling {registry.host}/fleet/nothing:1" in nowhere.stderr
+    neither = client.os("switch", check=False)
+    assert neither.returncode == 2 and "--local" in neither.stderr
+    assert client.snapshot() == before
