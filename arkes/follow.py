@@ -36,8 +36,9 @@ def source(deployment: Deployment | None) -> str:
     return deployment.origin_value(ORIGIN_SOURCE) if deployment is not None else ""
 
 
-def pull(ref: str) -> Pulled:
-    """Pull `ref` into this machine's container storage (the layers it lacks) and read what it is."""
+def pull(ref: str, digest: str) -> Pulled:
+    """Pull the image `ref` names by its `digest` (the layers this machine lacks) and read what it is."""
+    pinned = f"{ref.rpartition(':')[0]}@{digest}"
     with log.step("pull") as progress:
         blobs = [0]
 
@@ -46,14 +47,9 @@ def pull(ref: str) -> Pulled:
                 blobs[0] += 1
                 progress.update(0.0, f"{blobs[0]} blob(s): {line.removeprefix('Copying blob ')[:60]}")
 
-        run.stream(["podman", "pull", f"docker://{ref}"], on_line, what=f"pulling {ref}")
-    image = podman.inspect_image(ref)
-    repository = ref.rpartition(":")[0]
-    digest = str(image.get("Digest") or "")
-    for named in image.get("RepoDigests") or []:  # type: ignore[attr-defined]
-        if str(named).startswith(repository + "@"):
-            digest = str(named).rpartition("@")[2]
-    return Pulled(ref, str(image["Id"]), digest, podman.image_labels(ref, image))
+        run.stream(["podman", "pull", f"docker://{pinned}"], on_line, what=f"pulling {ref}")
+    image = podman.inspect_image(pinned)
+    return Pulled(ref, str(image["Id"]), digest, podman.image_labels(pinned, image))
 
 
 def skopeo() -> list[str]:
@@ -75,12 +71,17 @@ def upgrade(target: Target, ref: str, *, deploy_it: bool = True, allow_secrets: 
     ref = reference(ref)
     if not builder.is_arkes_system():
         builder.host_storage()
-    pulled = pull(ref)
+    # The digest first, then the image by that digest: what is deployed is exactly what the registry named.
+    try:
+        digest = remote_digest(ref)
+    except ArkesError as e:
+        raise ArkesError(f"pulling {ref}: {e.message}", hint=e.hint) from None
     default = sysroot.default()
-    if default is not None and source(default) == ref and default.origin_value(ORIGIN_DIGEST) == pulled.digest:
+    if default is not None and source(default) == ref and default.origin_value(ORIGIN_DIGEST) == digest:
         current = sysroot.commit(default.checksum)
-        log.info(f"the system is up to date: version {current.version} is {ref} ({pulled.digest})")
+        log.info(f"the system is up to date: version {current.version} is {ref} ({digest})")
         return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+    pulled = pull(ref, digest)
     labels = pulled.labels
     if not labels.get(f"{LABELS}commit"):
         raise ArkesError(

@@ -197,7 +197,9 @@ def test_a_machine_follows_a_published_system_and_goes_back_to_its_own(
         client.os("switch", "--local")
         back = client.status()[0]
         assert back["source"] == "" and (client.deployment_dir() / "usr/share/arkes-client").is_file()
-        assert client.os("checkupdates", check=False).returncode == 2, "its own inputs did not change"
+        # Its own inputs are checked again (what Debian's mirror publishes meanwhile may count), not the registry.
+        local = json.loads(client.os("checkupdates", "--json", check=False).stdout)
+        assert [f for f in local["updates"] if f["kind"] in ("published", "systemfile", "context")] == [], local
         client.fsck()
     finally:
         subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)
