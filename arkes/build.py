@@ -265,7 +265,7 @@ def build(
                 podman.tag(tag, podman.build_tag(settled.input_hash, sysroot.system_id(create=True)))
                 podman.untag([tag])
                 p = settled
-            checksum, version, image_kargs = _commit(sysroot, p, checkout, annotations, allow_secrets)
+            checksum, version, image_kargs = commit_tree(sysroot, checkout, recorded(p, annotations), allow_secrets)
             break
     log.info(f"committed {checksum[:12]} (version {version})")
     return Result(checksum, version, p, tuple(image_kargs))
@@ -320,16 +320,6 @@ def recorded(p: Plan, annotations: Mapping[str, str]) -> Metadata:
         package_state=p.package_state.digest,
         package_indexes=tuple(sorted(p.package_state.indexes.items())),
     )
-
-
-def _commit(
-    sysroot: Sysroot,
-    p: Plan,
-    checkout: layers.Tree,
-    annotations: Mapping[str, str],
-    allow_secrets: Collection[str],
-) -> tuple[str, str, list[str]]:
-    return commit_tree(sysroot, checkout, recorded(p, annotations), allow_secrets)
 
 
 def commit_tree(

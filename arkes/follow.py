@@ -40,14 +40,7 @@ def pull(ref: str, digest: str) -> Pulled:
     """Pull the image `ref` names by its `digest` (the layers this machine lacks) and read what it is."""
     pinned = f"{ref.rpartition(':')[0]}@{digest}"
     with log.step("pull") as progress:
-        blobs = [0]
-
-        def on_line(line: str) -> None:
-            if line.startswith("Copying blob "):
-                blobs[0] += 1
-                progress.update(0.0, f"{blobs[0]} blob(s): {line.removeprefix('Copying blob ')[:60]}")
-
-        run.stream(["podman", "pull", f"docker://{pinned}"], on_line, what=f"pulling {ref}")
+        run.stream(["podman", "pull", f"docker://{pinned}"], podman.blob_progress(progress), what=f"pulling {ref}")
     image = podman.inspect_image(pinned)
     return Pulled(ref, str(image["Id"]), digest, podman.image_labels(pinned, image))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -249,3 +249,15 @@ def registry_digest(ref: str) -> str:
         what=f"skopeo inspect {ref}",
     )
     return result.stdout.strip()
+
+
+def blob_progress(progress: log.Progress) -> Callable[[str], None]:
+    """A reader of `podman push` or `podman pull` output that shows each blob it copies on `progress`."""
+    blobs = [0]
+
+    def on_line(line: str) -> None:
+        if line.startswith("Copying blob "):
+            blobs[0] += 1
+            progress.update(0.0, f"{blobs[0]} blob(s): {line.removeprefix('Copying blob ')[:60]}")
+
+    return on_line

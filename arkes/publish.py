@@ -105,13 +105,6 @@ def push(local: str, target: str) -> str:
     """Push the local image to the registry reference `target`; return the digest of the manifest pushed."""
     with tempfile.TemporaryDirectory(prefix="arkes-push-") as tmp, log.step("push") as progress:
         digestfile = Path(tmp) / "digest"
-        blobs = [0]
-
-        def on_line(line: str) -> None:
-            if line.startswith("Copying blob "):
-                blobs[0] += 1
-                progress.update(0.0, f"{blobs[0]} blob(s): {line.removeprefix('Copying blob ')[:60]}")
-
         argv = ["podman", "push", "--format", "oci", "--digestfile", str(digestfile), local, f"docker://{target}"]
-        run.stream(argv, on_line, what=f"pushing to {target}")
+        run.stream(argv, podman.blob_progress(progress), what=f"pushing to {target}")
         return digestfile.read_text().strip()
