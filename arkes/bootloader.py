@@ -98,13 +98,16 @@ def entries(sysroot: Sysroot) -> list[MenuEntry]:
     return result
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory, synced, then renamed over the old one."""
+def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write through a temporary file in the same directory, synced, then renamed over the old one; `mode`, or
+    the temporary file's 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -160,7 +160,7 @@ def _buildah_options(builder: Builder) -> list[str]:
     return options
 
 
-def _podman_run(builder: Builder, mounts: list[tuple[Path, str, str]]) -> list[str]:
+def container_run(builder: Builder, mounts: list[tuple[Path, str, str]]) -> list[str]:
     """`podman run` of the builder image, privileged, with the host's storage at the same paths."""
     # runc: crun refuses hybrid cgroup hosts, and runc is what the distribution itself runs.
     argv = ["podman", "run", "--rm", "--privileged", "--runtime=runc", "--network=host", "--pull=never"]
@@ -179,7 +179,7 @@ def _podman_run(builder: Builder, mounts: list[tuple[Path, str, str]]) -> list[s
 def _container(builder: Builder, mounts: list[tuple[Path, str, str]], *, nice: bool) -> list[str]:
     """The builder's container for one build; the arguments of `buildah` follow."""
     assert builder.image is not None
-    argv = _podman_run(builder, [(builder.state / "cache-mounts", CACHE_MOUNTS, "rw"), *mounts])
+    argv = container_run(builder, [(builder.state / "cache-mounts", CACHE_MOUNTS, "rw"), *mounts])
     argv += ["--name", f"{CONTAINER_PREFIX}{os.getpid()}"]
     # In the host's PID namespace, so that the builder sees the `os` process it works for.
     argv += ["--pid=host", "--env", f"ARKES_PARENT={os.getpid()}", "--env", "BUILDAH_ISOLATION=chroot", builder.image]
@@ -339,7 +339,7 @@ def _buildah(builder: Builder, *args: str, what: str) -> run.Result:
     if builder.native:
         return run.run(["buildah", *_buildah_options(builder), *args], what=what)
     assert builder.image is not None
-    argv = [*_podman_run(builder, []), builder.image, "buildah", *_buildah_options(builder), *args]
+    argv = [*container_run(builder, []), builder.image, "buildah", *_buildah_options(builder), *args]
     return run.run(argv, what=what)
 
 

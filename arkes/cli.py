@@ -340,10 +340,24 @@ def cli_pin(args: argparse.Namespace) -> int:
 
 
 def cli_publish(args: argparse.Namespace) -> int:
-    from arkes import publish
+    from arkes import publish, skopeo
 
     target = open_target(args)
-    show(args, publish.publish(target.sysroot, args.reference, index=args.index))
+    if args.sign_by is None:
+        show(args, publish.publish(target.sysroot, args.reference, index=args.index))
+        return 0
+    with skopeo.passphrase_file(args.sign_passphrase_file, confirm=False) as passphrase:
+        signing = skopeo.Signing(Path(args.sign_by).absolute(), passphrase)
+        show(args, publish.publish(target.sysroot, args.reference, index=args.index, signing=signing))
+    return 0
+
+
+def cli_keygen(args: argparse.Namespace) -> int:
+    from arkes import results, skopeo
+
+    with skopeo.passphrase_file(args.passphrase_file, confirm=True) as passphrase:
+        private, public = skopeo.generate_key(Path(args.prefix).absolute(), passphrase)
+    show(args, results.KeyPair(str(private), str(public)))
     return 0
 
 
@@ -352,13 +366,20 @@ def cli_switch(args: argparse.Namespace) -> int:
 
     if not args.local and not args.reference:
         raise UsageError("give the REFERENCE to follow, or --local for this machine's Systemfile")
+    if args.local and args.require_signed:
+        raise UsageError("--require-signed goes with a REFERENCE to follow, not with --local")
     target = open_target(args, writes=True)
     if args.local:
         outcome = deploy.upgrade(target, deploy=True, local=True, allow_secrets=_allowed_secrets_arg(args))
     else:
         with target.sysroot.lock():
             target.sysroot.reload()
-            outcome = follow.upgrade(target, args.reference, allow_secrets=_allowed_secrets_arg(args))
+            outcome = follow.upgrade(
+                target,
+                args.reference,
+                allow_secrets=_allowed_secrets_arg(args),
+                require_key=Path(args.require_signed).absolute() if args.require_signed else None,
+            )
     if outcome.deployed:
         statuscache.refresh(target.path)
     show(args, results.Upgraded(**_outcome_fields(outcome)))
@@ -651,10 +672,30 @@ VERBS: tuple[Verb, ...] = (
         "labels (org.arkes.version, .commit, .input-hash, .base-digest, .packages, ...); `skopeo inspect`\n"
         "shows them and `podman run` runs it. Only the layers the registry lacks are sent. Registries that\n"
         "registries.conf declares insecure are reached as Podman reaches them, with `podman login`'s\n"
-        "credentials. Prints REFERENCE@DIGEST, which names exactly this system.",
+        "credentials. Prints REFERENCE@DIGEST, which names exactly this system.\n\n"
+        "With --sign-by KEY (a private key file from `os keygen`), the image is signed with a sigstore\n"
+        "signature that the registry keeps next to it; machines that `os switch --require-signed` its\n"
+        "public key take nothing else. The key's passphrase is asked at the terminal, or read from\n"
+        "--sign-passphrase-file.",
         (
             opt("reference", metavar="REFERENCE", help="where to push: REGISTRY/NAME[:TAG]"),
             opt("--index", type=int, default=0, metavar="N", help="the deployment to publish (default: 0)"),
+            opt("--sign-by", metavar="KEY", help="sign with this private key file (see `os keygen`)"),
+            opt("--sign-passphrase-file", metavar="FILE", help="the signing key's passphrase: FILE's first line"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
+        "keygen",
+        cli_keygen,
+        "make a key pair for signing published systems",
+        "Make a sigstore key pair: PREFIX.private, encrypted with a passphrase (asked twice at the\n"
+        "terminal, or read from --passphrase-file), for `os publish --sign-by`; and PREFIX.pub, for the\n"
+        "machines: `os switch REFERENCE --require-signed PREFIX.pub`. Keep the private key off the machines\n"
+        "that follow; an existing file is never overwritten.",
+        (
+            opt("prefix", metavar="PREFIX", help="where to write the keys: PREFIX.private and PREFIX.pub"),
+            opt("--passphrase-file", metavar="FILE", help="the passphrase: FILE's first line"),
             JSON_OPTION,
         ),
     ),
@@ -666,10 +707,15 @@ VERBS: tuple[Verb, ...] = (
         "the layers this machine lacks), commit it as a build would (the same rewrite and checks) and deploy\n"
         "it as the next default, the previous deployment kept. From then on `os upgrade` takes REFERENCE's\n"
         "newest image and `os checkupdates` asks its registry. With --local, build /etc/system/Systemfile\n"
-        "again and deploy that.",
+        "again and deploy that.\n\n"
+        "Images are verified as /etc/containers/policy.json requires. --require-signed KEY (the publisher's\n"
+        "public key file) takes only an image that KEY signed, and from then on requires that signature of\n"
+        "every image of REFERENCE's repository: the key goes to /etc/pki/containers, the requirement to\n"
+        "policy.json and registries.d, where the /etc merge keeps them. `os status` shows the requirement.",
         (
             opt("reference", metavar="REFERENCE", nargs="?", help="REGISTRY/NAME[:TAG] to follow", group="source"),
             opt("--local", action="store_true", help="build this machine's own Systemfile again", group="source"),
+            opt("--require-signed", metavar="KEY", help="take only images signed by this public key file"),
             opt("--allow-secret", action="append", metavar="PATH", help="a private key the image may carry"),
             JSON_OPTION,
         ),

@@ -10,11 +10,12 @@ from it again.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
-from arkes import build, builder, deploy, images, layers, log, podman, run
+from arkes import build, builder, deploy, images, layers, log, podman, run, skopeo, trust
 from arkes.errors import ArkesError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.publish import LABELS, reference
@@ -36,32 +37,37 @@ def source(deployment: Deployment | None) -> str:
     return deployment.origin_value(ORIGIN_SOURCE) if deployment is not None else ""
 
 
-def pull(ref: str, digest: str) -> Pulled:
-    """Pull the image `ref` names by its `digest` (the layers this machine lacks) and read what it is."""
+def pull(ref: str, digest: str, etc: Path, key: str | None = None) -> Pulled:
+    """Pull the image `ref` names by its `digest` (the layers this machine lacks), verified as the policy of the
+    machine whose /etc is `etc` requires (and, with `key`, signed by it), and read what it is."""
     pinned = f"{ref.rpartition(':')[0]}@{digest}"
-    with log.step("pull") as progress:
-        run.stream(["podman", "pull", f"docker://{pinned}"], podman.blob_progress(progress), what=f"pulling {ref}")
+    with trust.for_copy(etc, ref, key) as policy, log.step("pull") as progress:
+        skopeo.pull(pinned, pinned, policy, etc, podman.blob_progress(progress))
     image = podman.inspect_image(pinned)
     return Pulled(ref, str(image["Id"]), digest, podman.image_labels(pinned, image))
 
 
-def skopeo() -> list[str]:
-    """skopeo, told of a registries.conf named by CONTAINERS_REGISTRIES_CONF, which Podman reads but skopeo 1.9
-    (Debian 12's) does not."""
-    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
-    return ["skopeo", *(["--registries-conf", conf] if conf else [])]
-
-
 def remote_digest(ref: str) -> str:
     """The digest REF names in its registry now, asked without pulling anything."""
-    argv = [*skopeo(), "inspect", "--format", "{{.Digest}}", f"docker://{ref}"]
+    argv = [*skopeo.on_host(), "inspect", "--format", "{{.Digest}}", f"docker://{ref}"]
     return run.run(argv, what=f"asking the registry for {ref}").stdout.strip()
 
 
-def upgrade(target: Target, ref: str, *, deploy_it: bool = True, allow_secrets: Collection[str] = ()) -> Outcome:
-    """Deploy what `ref` names now, unless the default deployment is that already. The caller holds the lock."""
+def upgrade(
+    target: Target,
+    ref: str,
+    *,
+    deploy_it: bool = True,
+    allow_secrets: Collection[str] = (),
+    require_key: Path | None = None,
+) -> Outcome:
+    """Deploy what `ref` names now, unless the default deployment is that already. With `require_key` (a public
+    key file), only an image signed by it is taken, and the machine requires that signature from then on. The
+    caller holds the lock."""
     sysroot = target.sysroot
     ref = reference(ref)
+    etc = target.system_etc
+    key = trust.read_public_key(require_key) if require_key is not None else None
     if not builder.is_arkes_system():
         builder.host_storage()
     # The digest first, then the image by that digest: what is deployed is exactly what the registry named.
@@ -72,9 +78,13 @@ def upgrade(target: Target, ref: str, *, deploy_it: bool = True, allow_secrets: 
     default = sysroot.default()
     if default is not None and source(default) == ref and default.origin_value(ORIGIN_DIGEST) == digest:
         current = sysroot.commit(default.checksum)
+        if key is not None:
+            pull(ref, digest, etc, key)  # what runs now must pass the requirement too
+            with trust.installed(etc, ref, key) as required:
+                log.info(f"this machine now requires of {trust.repository(ref)}: {required.describe()}")
         log.info(f"the system is up to date: version {current.version} is {ref} ({digest})")
         return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
-    pulled = pull(ref, digest)
+    pulled = pull(ref, digest, etc, key)
     labels = pulled.labels
     if not labels.get(f"{LABELS}commit"):
         raise ArkesError(
@@ -97,6 +107,12 @@ def upgrade(target: Target, ref: str, *, deploy_it: bool = True, allow_secrets: 
         return Outcome(checksum, version, deployed=False, up_to_date=False)
     deploy.before_deploy(target, checksum)
     origin = {deploy.ORIGIN_INPUT_HASH: inputs.input_hash, ORIGIN_SOURCE: ref, ORIGIN_DIGEST: pulled.digest}
-    deploy.deploy_commit(sysroot, checksum, [*image_kargs, *target.kargs], deploy.install_kargs(sysroot), origin)
+    with contextlib.ExitStack() as requirement:
+        if key is not None:
+            # Into the /etc that the new deployment's /etc is merged from; put back if the deploy fails.
+            required = requirement.enter_context(trust.installed(etc, ref, key))
+            log.info(f"this machine now requires of {trust.repository(ref)}: {required.describe()}")
+        kargs = [*image_kargs, *target.kargs]
+        deploy.deploy_commit(sysroot, checksum, kargs, deploy.install_kargs(sysroot), origin)
     log.info(f"deployed version {version} ({checksum[:12]}) from {ref}; it becomes active on the next boot")
     return Outcome(checksum, version, deployed=True, up_to_date=False)

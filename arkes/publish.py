@@ -15,10 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import builder, images, log, podman, run
+from arkes import builder, images, log, podman, skopeo, trust
 from arkes.build import PACKAGE_STAMP
 from arkes.errors import ArkesError, UsageError
 from arkes.results import Published
+from arkes.skopeo import Signing
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
@@ -64,9 +65,12 @@ def provenance(commit: Commit) -> dict[str, str]:
     }
 
 
-def publish(sysroot: Sysroot, ref: str, *, index: int = 0) -> Published:
-    """Push the system of deployment `index` (the default: 0) to `ref`; return what was published."""
+def publish(sysroot: Sysroot, ref: str, *, index: int = 0, signing: Signing | None = None) -> Published:
+    """Push the system of deployment `index` (the default: 0) to `ref`, signed by `signing` where given; return
+    what was published."""
     target = reference(ref)
+    if signing is not None and not signing.key.is_file():
+        raise UsageError(f"{signing.key}: no such key file", hint="make a key pair with `os keygen PREFIX`")
     deployments = sysroot.deployments()
     if not deployments:
         raise ArkesError("there is no deployment to publish", hint="`os install` or `os upgrade` makes one")
@@ -95,16 +99,16 @@ def publish(sysroot: Sysroot, ref: str, *, index: int = 0) -> Published:
         the_builder = builder.resolve(images.BASE, images.cache_dir())
         builder.build(the_builder, containerfile, Path(tmp), local, labels=provenance(commit))
     try:
-        digest = push(local, target)
+        digest = push(local, target, signing)
     finally:
         podman.untag([local])
-    return Published(target, digest, commit.version, commit.checksum, commit.metadata.input_hash)
+    signed = str(signing.key) if signing is not None else ""
+    return Published(target, digest, commit.version, commit.checksum, commit.metadata.input_hash, signed)
 
 
-def push(local: str, target: str) -> str:
-    """Push the local image to the registry reference `target`; return the digest of the manifest pushed."""
+def push(local: str, target: str, signing: Signing | None = None) -> str:
+    """Push the local image to the registry reference `target`, with a sigstore signature stored next to it in the
+    registry where `signing` is given; return the digest of the manifest pushed."""
     with tempfile.TemporaryDirectory(prefix="arkes-push-") as tmp, log.step("push") as progress:
-        digestfile = Path(tmp) / "digest"
-        argv = ["podman", "push", "--format", "oci", "--digestfile", str(digestfile), local, f"docker://{target}"]
-        run.stream(argv, podman.blob_progress(progress), what=f"pushing to {target}")
-        return digestfile.read_text().strip()
+        (Path(tmp) / "attachments.yaml").write_text(trust.attachments(target))
+        return skopeo.push(local, target, Path(tmp), podman.blob_progress(progress), signing)

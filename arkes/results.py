@@ -170,13 +170,31 @@ class Published(Result):
     version: str
     checksum: str
     input_hash: str
+    signed_by: str = ""  # the private key file that signed it; "" when unsigned
 
     def render(self) -> str:
         repository = self.reference.rpartition(":")[0]  # the reference always has its tag (publish.reference)
         return f"{repository}@{self.digest}\n"
 
     def said(self) -> list[str]:
-        return [f"published version {self.version} ({self.checksum[:12]}) as {self.reference} ({self.digest})"]
+        signed = f", signed by {self.signed_by}" if self.signed_by else ""
+        return [f"published version {self.version} ({self.checksum[:12]}) as {self.reference} ({self.digest}){signed}"]
+
+
+@dataclass(frozen=True)
+class KeyPair(Result):
+    KIND: ClassVar[str] = "KeyPair"
+    private_key: str  # for `os publish --sign-by`: keep it on the machine that publishes
+    public_key: str  # for the machines that follow: `os switch REF --require-signed`
+
+    def render(self) -> str:
+        return f"{self.private_key}\n{self.public_key}\n"
+
+    def said(self) -> list[str]:
+        return [
+            f"wrote {self.private_key} (sign with it: `os publish --sign-by {self.private_key} REF`)",
+            f"wrote {self.public_key} (give it to the machines: `os switch REF --require-signed {self.public_key}`)",
+        ]
 
 
 # --- du ------------------------------------------------------------------------------------------------------

@@ -3,14 +3,17 @@ arkes.statuscache); JSON and the human table are pure functions of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from arkes import model
+from arkes import model, trust
+from arkes.errors import UsageError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.target import UPDATE_CHECK, machine_etc
+from arkes.trust import Verification
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
@@ -41,6 +44,12 @@ class Deployment:
     pinned: bool
     unlocked: str
     source: str = ""  # REFERENCE@DIGEST of the published system it came from; "" for the machine's Systemfile
+    # What its /etc/containers/policy.json requires of the images of its source (see arkes.trust); None without one.
+    verification: Verification | None = None
+
+
+# The fields of a deployment that `finish` reads each time, not kept with the listing.
+FINISHED = frozenset({"verification"})
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,23 @@ def finish(found: Listing, state_dir: Path) -> Status:
     shared: list[str] = []
     if found.etc is not None:
         shared = identity.from_image(found.etc, state_dir, [root / "usr/etc" for root in found.roots])
-    return Status(found.sysroot, found.deployments, last, tuple(shared))
+    deployments = tuple(_verified(d, root, found.etc) for d, root in zip(found.deployments, found.roots, strict=True))
+    return Status(found.sysroot, deployments, last, tuple(shared))
+
+
+def _verified(d: Deployment, root: Path, machine: Path | None) -> Deployment:
+    """A deployment that follows a published system, with what its /etc's policy requires of it (a deployment
+    staged on a running system has no /etc before it boots: the running one's is what it will merge)."""
+    if not d.source:
+        return d
+    etc = root / "etc" if (root / "etc").is_dir() else machine
+    if etc is None:
+        return d
+    try:
+        found = trust.of_machine(etc, d.source)
+    except UsageError as e:
+        found = Verification(f"unreadable: {e.message}", ())
+    return dataclasses.replace(d, verification=found)
 
 
 def to_json(status: Status) -> model.JSON:
@@ -188,6 +213,8 @@ def render(status: Status) -> str:
         lines.append(f"     base        {d.base_image or '-'} {d.base_digest or ''}".rstrip())
         lines.append(f"     input hash  {d.input_hash or '-'}")
         lines.append(f"     source      {d.source or 'the Systemfile in /etc/system'}")
+        if d.verification is not None:
+            lines.append(f"     requires    {d.verification.describe()}")
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kernel      {d.kernel or '-'}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")

@@ -200,7 +200,7 @@ def save(state_dir: Path, found: tuple[str, ...], listing: status.Listing) -> No
             "sysroot": listing.sysroot,
             "etc": os.fspath(listing.etc) if listing.etc is not None else None,
             "roots": [os.fspath(root) for root in listing.roots],
-            "deployments": [dataclasses.asdict(d) for d in listing.deployments],
+            "deployments": [_record(d) for d in listing.deployments],
         },
     }
     temporary = state_dir / f".{NAME}.{os.getpid()}"
@@ -233,9 +233,18 @@ def _listing(data: object) -> status.Listing:
     )
 
 
+def _record(d: status.Deployment) -> dict[str, object]:
+    """What the cache keeps of a deployment: what libostree listed, not what status.finish reads each time."""
+    return {f.name: getattr(d, f.name) for f in _listed()}
+
+
+def _listed() -> list[dataclasses.Field[object]]:
+    return [f for f in dataclasses.fields(status.Deployment) if f.name not in status.FINISHED]
+
+
 def _deployment(data: object) -> status.Deployment:
     """A deployment's record, each field of the type the model declares (its annotation, a string here)."""
-    fields = dataclasses.fields(status.Deployment)
+    fields = _listed()
     if not isinstance(data, dict) or set(data) != {f.name for f in fields}:
         raise ValueError("not a deployment")
     values: dict[str, object] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from arkes.follow import skopeo
+from arkes.skopeo import on_host as skopeo
 from tests.integration.conftest import System, installed, own_copy
 from tests.integration.registry import Registry, running_registry
 
@@ -212,3 +212,113 @@ def test_switch_refuses_what_is_no_published_system(client: System, registry: Re
     neither = client.os("switch", check=False)
     assert neither.returncode == 2 and "--local" in neither.stderr
     assert client.snapshot() == before
+
+
+def registry_blob(registry: Registry, digest: str) -> Path:
+    """Where docker-registry keeps a blob's bytes."""
+    hex_digest = digest.removeprefix("sha256:")
+    return registry.root / "storage/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+def test_a_machine_that_requires_signatures_takes_only_what_its_key_signed(
+    system: System, client: System, registry: Registry, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/fleet/system:stable"
+    repository = ref.rpartition(":")[0]
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse\n")
+    made = json.loads(
+        system.os("keygen", str(tmp_path / "fleet"), "--passphrase-file", str(passphrase), "--json").stdout
+    )
+    assert (made["privateKey"], made["publicKey"]) == (str(tmp_path / "fleet.private"), str(tmp_path / "fleet.pub"))
+    assert (tmp_path / "fleet.private").stat().st_mode & 0o077 == 0
+    system.os("keygen", str(tmp_path / "other"), "--passphrase-file", str(passphrase))
+    again = system.os("keygen", str(tmp_path / "fleet"), "--passphrase-file", str(passphrase), check=False)
+    assert again.returncode == 2 and "never overwrites" in again.stderr
+    sign = ["--sign-by", str(tmp_path / "fleet.private"), "--sign-passphrase-file", str(passphrase)]
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong\n")
+    refused = system.os(
+        "publish", ref, "--sign-by", str(tmp_path / "fleet.private"), "--sign-passphrase-file", str(wrong), check=False
+    )
+    assert refused.returncode == 2 and "the passphrase does not open" in refused.stderr, refused.stderr
+    assert registry.uploaded() == [], "nothing was pushed"
+
+    signed = json.loads(system.os("publish", ref, *sign, "--json").stdout)
+    assert signed["signedBy"] == str(tmp_path / "fleet.private")
+    tags = json.loads(
+        subprocess.run(
+            ["curl", "-sf", f"http://{registry.host}/v2/fleet/system/tags/list"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["tags"]
+    assert f"{signed['digest'].replace(':', '-')}.sig" in tags, "the signature is in the registry, next to the image"
+
+    try:
+        # Signed, but by another key than the one the machine is given: refused, nothing pulled or deployed.
+        before = client.snapshot()
+        other = client.os("switch", ref, "--require-signed", str(tmp_path / "other.pub"), check=False)
+        assert other.returncode == 1 and "not signed by the key" in other.stderr, other.stderr
+        assert client.snapshot() == before
+        key = f"/etc/pki/containers/{registry.host.replace(':', '-')}-fleet-system.pub"
+        assert not (client.etc() / key.removeprefix("/etc/")).exists()
+        assert "fleet/system" not in (client.etc() / "containers/policy.json").read_text()
+
+        # The publisher's key: followed, and from then on required.
+        client.os("switch", ref, "--require-signed", str(tmp_path / "fleet.pub"))
+        followed = client.status()[0]
+        assert followed["source"] == f"{repository}@{signed['digest']}"
+        verification = followed["verification"]
+        assert verification == {"scope": repository, "requirements": [{"type": "sigstoreSigned", "keys": [key]}]}
+        assert f"requires    a sigstore signature by {key} (policy.json: {repository})" in client.os("status").stdout
+        etc = client.etc()
+        assert (etc / key.removeprefix("/etc/")).read_text() == (tmp_path / "fleet.pub").read_text()
+        policy = json.loads((etc / "containers/policy.json").read_text())
+        assert policy["transports"]["docker"][repository][0]["keyPath"] == key
+        assert policy["default"] == [{"type": "insecureAcceptAnything"}], "the rest of the policy is kept"
+
+        # The publisher pushes an unsigned system under the same name: the machine refuses it.
+        system.add_line("RUN echo unsigned > /usr/share/arkes-unsigned")
+        system.os("upgrade")
+        unsigned = json.loads(system.os("publish", ref, "--json").stdout)
+        before = client.snapshot()
+        upgrade = client.os("upgrade", check=False)
+        assert upgrade.returncode == 1 and "not signed, and this machine requires a signature" in upgrade.stderr, (
+            upgrade.stderr
+        )
+        assert client.snapshot() == before
+
+        # The unsigned image with the signed one's signature next to it: a signature of another image.
+        copy_sig = [*skopeo(), "copy", "--src-tls-verify=false", "--dest-tls-verify=false"]
+        copy_sig += [
+            f"docker://{repository}:{signed['digest'].replace(':', '-')}.sig",
+            f"docker://{repository}:{unsigned['digest'].replace(':', '-')}.sig",
+        ]
+        subprocess.run(copy_sig, capture_output=True, check=True)
+        forged = client.os("upgrade", check=False)
+        assert forged.returncode == 1 and "signature was made for another image" in forged.stderr, forged.stderr
+        assert client.snapshot() == before
+
+        # Signed again, then a byte of a layer the machine lacks changed in the registry's storage.
+        resigned = json.loads(system.os("publish", ref, *sign, "--json").stdout)
+        layers = skopeo_inspect(ref)["Layers"]
+        blob = registry_blob(registry, layers[-2])
+        original = blob.read_bytes()
+        tampered = bytearray(original)
+        tampered[len(tampered) // 2] ^= 0xFF
+        blob.write_bytes(bytes(tampered))
+        altered = client.os("upgrade", check=False)
+        assert altered.returncode == 1 and "altered after it was published" in altered.stderr, altered.stderr
+        assert client.snapshot() == before
+        blob.write_bytes(original)
+
+        taken = client.os("upgrade")
+        assert f"deployed version {resigned['version']}" in taken.stderr, taken.stderr
+        assert client.status()[0]["source"] == f"{repository}@{resigned['digest']}"
+        assert json.loads((client.etc() / "containers/policy.json").read_text()) == policy, "kept by the /etc merge"
+        client.fsck()
+    finally:
+        subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)

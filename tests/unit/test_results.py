@@ -70,6 +70,10 @@ MODELS: dict[str, results.Result] = {
     "status": status.Status("/srv/sys", ()),
     "status-shared-keys": status.Status("/", (), identity_from_image=("/etc/ssh/ssh_host_ed25519_key",)),
     "publish": results.Published("127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, "20261203.2", C, "a" * 64),
+    "publish-signed": results.Published(
+        "127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, "20261203.2", C, "a" * 64, "/root/fleet.private"
+    ),
+    "keygen": results.KeyPair("/root/fleet.private", "/root/fleet.pub"),
     "host-keys": results.HostKeys(
         (results.HostKey("/etc/ssh/ssh_host_ed25519_key.pub", "ED25519", "SHA256:2Hq0Yc8m5yYh0Xb1l0FQp6nq5R0aQ"),)
     ),

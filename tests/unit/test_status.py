@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from arkes import status
+from arkes import status, trust
 
 DATA = Path(__file__).parent / "data"
 
@@ -43,7 +43,14 @@ def deployment(index: int, **overrides: object) -> status.Deployment:
 MODEL = status.Status(
     "/srv/sysroot",
     (
-        deployment(0, source="registry.example.com/fleet/system@sha256:" + "9" * 64),
+        deployment(
+            0,
+            source="registry.example.com/fleet/system@sha256:" + "9" * 64,
+            verification=trust.Verification(
+                "registry.example.com/fleet",
+                (trust.Requirement("sigstoreSigned", ("/etc/pki/containers/fleet.pub",)),),
+            ),
+        ),
         deployment(1, booted=True, pinned=True, unlocked="hotfix"),
     ),
 )

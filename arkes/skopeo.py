@@ -1,0 +1,218 @@
+"""The distribution's skopeo: images copied between a registry and the container storage, signed on the way out
+and verified against a trust policy on the way in, and the keys that sign them.
+
+On an Arkēs system it is the system's own skopeo. Anywhere else it is the skopeo of the distribution's base
+image, run in a container over the host's container storage as Buildah is (see arkes.builder): the images it
+pulls land where the host's Podman finds them, and signing and verification work the same on every host (Debian
+12's skopeo has sigstore signatures switched off). The host's registries.conf (or CONTAINERS_REGISTRIES_CONF)
+and its `podman login` credentials go with it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from arkes import builder, images, run
+from arkes.errors import ArkesError, CommandError, UsageError
+from arkes.trust import ForCopy
+
+# Where the container finds what `os` hands it from the host.
+_INSIDE = Path("/run/arkes/skopeo")
+# What skopeo says when an image fails the policy or its data, and what that means for a person.
+_ALTERED = "what the registry sent is not what was published: the image was altered after it was published"
+_REFUSALS = (
+    ("a signature was required, but no signature exists", "it is not signed, and this machine requires a signature"),
+    ("signature verification failed", "it is not signed by the key this machine's policy names"),
+    ("signature for digest", "its signature was made for another image, not this one"),
+    ("is not accepted", "its signature was made for another image name, not this one"),
+    ("does not match", _ALTERED),
+    ("digest did not match", _ALTERED),
+    ("running image docker", "this machine's policy rejects images from there"),
+)
+
+
+@dataclass(frozen=True)
+class Signing:
+    """A sigstore private key file and a file whose first line is its passphrase."""
+
+    key: Path
+    passphrase: Path
+
+
+def on_host() -> list[str]:
+    """This machine's own skopeo, for what needs no signature (asking a registry for a digest: it starts in a
+    tenth of the time), told of a registries.conf named by CONTAINERS_REGISTRIES_CONF, which Podman reads but
+    skopeo 1.9 (Debian 12's) does not."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    return ["skopeo", *(["--registries-conf", conf] if conf else [])]
+
+
+def _registries_conf() -> Path | None:
+    configured = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    path = Path(configured) if configured else Path("/etc/containers/registries.conf")
+    return path if path.is_file() else None
+
+
+def _auth_file() -> Path | None:
+    """The credentials `podman login` wrote for root, as Podman finds them."""
+    candidates = [os.environ.get("REGISTRY_AUTH_FILE"), "/run/containers/0/auth.json"]
+    candidates.append(str(Path.home() / ".docker/config.json"))
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+class _Argv:
+    """A skopeo command line: native, or in the base image's container with each host path mounted."""
+
+    def __init__(self) -> None:
+        self.native = builder.is_arkes_system()
+        self.mounts: list[tuple[Path, str, str]] = []
+        self.args: list[str] = []
+        self.builder: builder.Builder | None = None
+        if not self.native:
+            images.ensure(images.BASE)
+            self.builder = builder.resolve(images.BASE, images.cache_dir())
+            # What it learnt of blobs (which compressed blob a registry already has for a layer) is kept between
+            # runs, as an installed skopeo keeps it: without it each push compresses and sends every layer again.
+            known = self.builder.state / "blob-info-cache"
+            known.mkdir(parents=True, exist_ok=True)
+            self.mounts.append((known, "/var/lib/containers/cache", "rw"))
+            if (conf := _registries_conf()) is not None:
+                self.args += ["--registries-conf", self.host(conf, "registries.conf")]
+        elif configured := os.environ.get("CONTAINERS_REGISTRIES_CONF"):
+            self.args += ["--registries-conf", configured]
+
+    def host(self, path: Path, name: str, *, writable: bool = False) -> str:
+        """Where skopeo finds the host's `path`: itself, or a mount of it named `name`."""
+        if self.native:
+            return os.fspath(path)
+        inside = f"{_INSIDE}/{name}"
+        self.mounts.append((path.resolve(), inside, "rw" if writable else "ro"))
+        return inside
+
+    def same(self, path: Path) -> str:
+        """The host's `path` at the same path in the container (where other files name it so)."""
+        if not self.native:
+            self.mounts.append((path.resolve(), os.fspath(path), "ro"))
+        return os.fspath(path)
+
+    def storage(self, image: str) -> str:
+        if self.builder is None:
+            return f"containers-storage:{image}"
+        b = self.builder
+        return f"containers-storage:[{b.driver}@{b.graphroot}+{b.runroot}]{image}"
+
+    def command(self, args: list[str]) -> list[str]:
+        if self.builder is None:
+            return ["skopeo", *self.args, *args]
+        assert self.builder.image is not None
+        return [*builder.container_run(self.builder, self.mounts), self.builder.image, "skopeo", *self.args, *args]
+
+
+def _explained(error: CommandError, what: str) -> ArkesError:
+    detail = error.message.lower()
+    for needle, meaning in _REFUSALS:
+        if needle in detail:
+            said = _fatal(error.message)
+            return ArkesError(
+                f"{what} refused: {meaning}",
+                hint=f"skopeo said: {said}\nnothing was pulled or deployed; `os status` shows what this machine's "
+                "policy requires",
+            )
+    return error
+
+
+def _fatal(message: str) -> str:
+    """skopeo's own words from the tail of its output: the message of its `level=fatal` line."""
+    for line in reversed(message.splitlines()):
+        if 'msg="' in line:
+            return line.partition('msg="')[2].rstrip('"').replace('\\"', '"')
+    return message.splitlines()[-1] if message else ""
+
+
+def pull(ref: str, image: str, trust: ForCopy, etc: Path, on_line: Callable[[str], None]) -> None:
+    """Copy the registry's `ref` into the container storage as `image`, verified against `trust` (whose keys are
+    below `etc`, the machine's /etc)."""
+    argv = _Argv()
+    argv.same(trust.policy.parent)
+    if etc != Path("/etc"):
+        argv.same(etc)
+    argv.args += ["--policy", os.fspath(trust.policy), "--registries.d", os.fspath(trust.registries_d)]
+    args = ["copy", f"docker://{ref}", argv.storage(image)]
+    if (auth := _auth_file()) is not None:
+        args[1:1] = ["--src-authfile", argv.host(auth, "auth.json")]
+    try:
+        run.stream(argv.command(args), on_line, what=f"pulling {ref}")
+    except CommandError as e:
+        raise _explained(e, f"pulling {ref}") from None
+
+
+def push(image: str, ref: str, registries_d: Path, on_line: Callable[[str], None], signing: Signing | None) -> str:
+    """Copy `image` from the container storage to the registry's `ref` as an OCI image, signed by `signing`;
+    return the digest of the manifest pushed."""
+    argv = _Argv()
+    argv.args += ["--registries.d", argv.host(registries_d, "registries.d")]
+    with tempfile.TemporaryDirectory(prefix="arkes-push-") as tmp:
+        args = ["copy", "--format", "oci", "--digestfile", f"{argv.host(Path(tmp), 'out', writable=True)}/digest"]
+        if signing is not None:
+            args += ["--sign-by-sigstore-private-key", argv.host(signing.key, "key")]
+            args += ["--sign-passphrase-file", argv.host(signing.passphrase, "passphrase")]
+        if (auth := _auth_file()) is not None:
+            args += ["--dest-authfile", argv.host(auth, "auth.json")]
+        args += [argv.storage(image), f"docker://{ref}"]
+        try:
+            run.stream(argv.command(args), on_line, what=f"pushing to {ref}")
+        except CommandError as e:
+            if signing is not None and ("decrypt" in e.message or "passphrase" in e.message):
+                raise UsageError(f"the passphrase does not open {signing.key}; nothing was pushed") from None
+            raise
+        return (Path(tmp) / "digest").read_text().strip()
+
+
+def generate_key(prefix: Path, passphrase: Path) -> tuple[Path, Path]:
+    """A new sigstore key pair: PREFIX.private (encrypted with the passphrase) and PREFIX.pub."""
+    private, public = prefix.with_name(prefix.name + ".private"), prefix.with_name(prefix.name + ".pub")
+    for path in (private, public):
+        if path.exists():
+            raise UsageError(f"{path} exists already; `os keygen` never overwrites a key")
+    if not prefix.parent.is_dir():
+        raise UsageError(f"{prefix.parent}: no such directory")
+    argv = _Argv()
+    out = argv.host(prefix.parent, "out", writable=True)
+    args = ["generate-sigstore-key", "--output-prefix", f"{out}/{prefix.name}"]
+    args += ["--passphrase-file", argv.host(passphrase, "passphrase")]
+    run.run(argv.command(args), what="making a signing key")
+    private.chmod(0o600)
+    return private, public
+
+
+@contextmanager
+def passphrase_file(given: str | None, *, confirm: bool) -> Iterator[Path]:
+    """The file that holds a key's passphrase: the one given, or one written (mode 0600, removed afterwards) from
+    what the person types at the terminal."""
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"{given}: no such passphrase file")
+        yield path
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "the key's passphrase is needed and there is no terminal to ask it on",
+            hint="give a file whose first line is the passphrase with --passphrase-file",
+        )
+    typed = getpass.getpass("Passphrase of the signing key: ")
+    if confirm and getpass.getpass("The same passphrase again: ") != typed:
+        raise UsageError("the two passphrases differ")
+    with tempfile.TemporaryDirectory(prefix="arkes-passphrase-") as tmp:
+        path = Path(tmp) / "passphrase"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(typed + "\n")
+        yield path
