@@ -153,6 +153,7 @@ def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
         "version": outcome.version,
         "deployed": outcome.deployed,
         "up_to_date": outcome.up_to_date,
+        "held": outcome.held,
     }
 
 
@@ -189,6 +190,7 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         package_updates=not args.no_package_updates,
         secrets=_secrets_arg(args),
         allow_secrets=_allowed_secrets_arg(args),
+        ignore_rollout=args.ignore_rollout,
     )
     if outcome.deployed:
         statuscache.refresh(target.path)
@@ -210,7 +212,7 @@ def cli_checkupdates(args: argparse.Namespace) -> int:
     for error in report.errors:
         log.error(f"error: {error}")
     show(args, report)
-    if report.findings:
+    if any(finding.takeable for finding in report.findings):
         return 0
     return 1 if report.errors else 2
 
@@ -343,12 +345,34 @@ def cli_publish(args: argparse.Namespace) -> int:
     from arkes import publish, skopeo
 
     target = open_target(args)
+    if args.rollout is not None and not 0 <= args.rollout <= 100:
+        raise UsageError(f"--rollout is a percentage of the fleet, 0 to 100, not {args.rollout}")
     if args.sign_by is None:
-        show(args, publish.publish(target.sysroot, args.reference, index=args.index))
+        show(args, publish.publish(target.sysroot, args.reference, index=args.index, rollout=args.rollout))
         return 0
     with skopeo.passphrase_file(args.sign_passphrase_file, confirm=False) as passphrase:
         signing = skopeo.Signing(Path(args.sign_by).absolute(), passphrase)
-        show(args, publish.publish(target.sysroot, args.reference, index=args.index, signing=signing))
+        published = publish.publish(
+            target.sysroot, args.reference, index=args.index, signing=signing, rollout=args.rollout
+        )
+        show(args, published)
+    return 0
+
+
+def cli_rollout(args: argparse.Namespace) -> int:
+    from arkes import follow, publish, results, rollout
+
+    ref = publish.reference(args.reference)
+    named = follow.remote(ref)
+    if not named.commit:
+        raise UsageError(f"{ref} is not a published Arkēs system (it has no org.arkes.commit label)")
+    if args.percent is None:
+        found = rollout.governing(ref, named.commit)
+        percent, set_at = (found.percent, found.set_at) if found is not None else (100, "")
+        show(args, results.RolloutSet(ref, named.digest, named.commit, percent, set_at))
+        return 0
+    written = rollout.write(ref, named.commit, args.percent)
+    show(args, results.RolloutSet(ref, named.digest, named.commit, written.percent, written.set_at))
     return 0
 
 
@@ -379,6 +403,7 @@ def cli_switch(args: argparse.Namespace) -> int:
                 args.reference,
                 allow_secrets=_allowed_secrets_arg(args),
                 require_key=Path(args.require_signed).absolute() if args.require_signed else None,
+                ignore_rollout=True,  # a person's choice of what to follow is no wave of an update
             )
     if outcome.deployed:
         statuscache.refresh(target.path)
@@ -552,6 +577,12 @@ VERBS: tuple[Verb, ...] = (
                 help="build and commit now, deploy nothing; a later upgrade deploys it",
             ),
             opt("--reboot", action="store_true", help="reboot into the new deployment when it is ready"),
+            opt(
+                "--ignore-rollout",
+                action="store_true",
+                help="on a machine that follows a published system: take it even when its rollout has not "
+                "reached this machine's wave",
+            ),
         ),
     ),
     Verb(
@@ -561,8 +592,10 @@ VERBS: tuple[Verb, ...] = (
         "Report, one line each: changes of the Systemfile, its context, the kernel arguments or the tool\n"
         "since the default deployment was built; a changed base image (local digest, and the registry's\n"
         "digest for images from a registry); package updates for the deployed image, asked of its own\n"
-        "package manager in a container. Exit 0 when updates are available, 2 when there are none,\n"
-        "1 on error. The result is kept and shown by `os status`.",
+        "package manager in a container. On a machine that follows a published system: whether the\n"
+        "registry names a new image, and, where it rolls out in waves, whether this machine's wave is in\n"
+        "it yet. Exit 0 when updates are available to take, 2 when there are none (or only ones whose\n"
+        "rollout has not reached this machine), 1 on error. The result is kept and shown by `os status`.",
         (JSON_OPTION, opt("--no-packages", action="store_true", help="skip the package check (it needs the mirror)")),
     ),
     Verb(
@@ -682,6 +715,23 @@ VERBS: tuple[Verb, ...] = (
             opt("--index", type=int, default=0, metavar="N", help="the deployment to publish (default: 0)"),
             opt("--sign-by", metavar="KEY", help="sign with this private key file (see `os keygen`)"),
             opt("--sign-passphrase-file", metavar="FILE", help="the signing key's passphrase: FILE's first line"),
+            opt("--rollout", type=int, metavar="PERCENT", help="let only this share of the fleet take it, for now"),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
+        "rollout",
+        cli_rollout,
+        "show, widen or halt the rollout of a published system",
+        "A published system can reach a share of the fleet first: each machine has a wave, 0 to 99, from its\n"
+        "machine-id, and takes the update when its wave is below the rollout's percentage. `os publish\n"
+        "--rollout PERCENT` starts one; `os rollout REFERENCE PERCENT` widens it (100: every machine) or\n"
+        "halts it (0), with no rebuild; without PERCENT it shows the rollout of what REFERENCE names now.\n"
+        "The record is kept in the registry next to the image, as the tag TAG.rollout. An image published\n"
+        "without --rollout goes to every machine. `os checkupdates` on a machine says where it stands.",
+        (
+            opt("reference", metavar="REFERENCE", help="the published system: REGISTRY/NAME[:TAG]"),
+            opt("percent", metavar="PERCENT", type=int, nargs="?", help="the share of the fleet, 0 to 100"),
             JSON_OPTION,
         ),
     ),

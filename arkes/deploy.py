@@ -196,14 +196,15 @@ def upgrade(
     secrets: Mapping[str, Path] | None = None,
     allow_secrets: Collection[str] = (),
     local: bool = False,
+    ignore_rollout: bool = False,
 ) -> Outcome:
     """Build the system's Systemfile; with deploy, make it the new default unless nothing changed.
 
     With reuse, inputs equal to the default deployment's mean "up to date", and a commit already built from the
     same inputs (`--download-only`) is deployed without building again. Without package_updates, the package
     state stays the default deployment's (see arkes.packages). A machine that follows a published system takes
-    it from its registry instead (arkes.follow), unless `local` or a Systemfile given on the command line says
-    to build.
+    it from its registry instead (arkes.follow), when its rollout admits this machine or `ignore_rollout`,
+    unless `local` or a Systemfile given on the command line says to build.
     """
     from arkes import follow
 
@@ -212,7 +213,9 @@ def upgrade(
         sysroot.reload()
         followed = follow.source(sysroot.default())
         if followed and not local and target.given_systemfile is None:
-            return follow.upgrade(target, followed, deploy_it=deploy, allow_secrets=allow_secrets)
+            return follow.upgrade(
+                target, followed, deploy_it=deploy, allow_secrets=allow_secrets, ignore_rollout=ignore_rollout
+            )
         machine_etc = target.system_etc
         path = target.systemfile()
         if not builder.is_arkes_system():

@@ -15,8 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import build, builder, deploy, images, layers, log, podman, run, skopeo, trust
-from arkes.errors import ArkesError
+from arkes import build, builder, deploy, images, layers, log, podman, rollout, run, skopeo, trust
+from arkes.errors import ArkesError, CommandError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.publish import LABELS, reference
 from arkes.records import Deployment, Metadata
@@ -47,10 +47,24 @@ def pull(ref: str, digest: str, etc: Path, key: str | None = None) -> Pulled:
     return Pulled(ref, str(image["Id"]), digest, podman.image_labels(pinned, image))
 
 
-def remote_digest(ref: str) -> str:
-    """The digest REF names in its registry now, asked without pulling anything."""
-    argv = [*skopeo.on_host(), "inspect", "--format", "{{.Digest}}", f"docker://{ref}"]
-    return run.run(argv, what=f"asking the registry for {ref}").stdout.strip()
+@dataclass(frozen=True)
+class Remote:
+    """What a registry names under a reference now: the image's digest and the commit its label records."""
+
+    digest: str
+    commit: str
+
+
+def remote(ref: str) -> Remote:
+    """What REF names in its registry now, asked without pulling anything (its manifest and configuration)."""
+    template = f'{{{{.Digest}}}} {{{{index .Labels "{LABELS}commit"}}}}'
+    argv = [*skopeo.on_host(), "inspect", "--format", template, f"docker://{ref}"]
+    try:
+        answer = run.run(argv, what=f"asking the registry for {ref}").stdout
+    except CommandError as e:
+        raise skopeo.explained(e, f"asking the registry for {ref}") from None
+    digest, _, commit = answer.strip().partition(" ")
+    return Remote(digest, commit.strip() if commit.strip() != "<no value>" else "")
 
 
 def upgrade(
@@ -60,10 +74,11 @@ def upgrade(
     deploy_it: bool = True,
     allow_secrets: Collection[str] = (),
     require_key: Path | None = None,
+    ignore_rollout: bool = False,
 ) -> Outcome:
-    """Deploy what `ref` names now, unless the default deployment is that already. With `require_key` (a public
-    key file), only an image signed by it is taken, and the machine requires that signature from then on. The
-    caller holds the lock."""
+    """Deploy what `ref` names now, unless the default deployment is that already or the image's rollout does not
+    admit this machine yet (unless `ignore_rollout`). With `require_key` (a public key file), only an image signed
+    by it is taken, and the machine requires that signature from then on. The caller holds the lock."""
     sysroot = target.sysroot
     ref = reference(ref)
     etc = target.system_etc
@@ -72,9 +87,12 @@ def upgrade(
         builder.host_storage()
     # The digest first, then the image by that digest: what is deployed is exactly what the registry named.
     try:
-        digest = remote_digest(ref)
+        named = remote(ref)
+    except skopeo.Refused:
+        raise
     except ArkesError as e:
         raise ArkesError(f"pulling {ref}: {e.message}", hint=e.hint) from None
+    digest = named.digest
     default = sysroot.default()
     if default is not None and source(default) == ref and default.origin_value(ORIGIN_DIGEST) == digest:
         current = sysroot.commit(default.checksum)
@@ -84,6 +102,16 @@ def upgrade(
                 log.info(f"this machine now requires of {trust.repository(ref)}: {required.describe()}")
         log.info(f"the system is up to date: version {current.version} is {ref} ({digest})")
         return Outcome(current.checksum, current.version, deployed=False, up_to_date=True)
+    if not ignore_rollout:
+        governing = rollout.governing(ref, named.commit)
+        machine_wave = rollout.wave(etc) if governing is not None else 0
+        if governing is not None and not governing.admits(machine_wave) and default is not None:
+            current = sysroot.commit(default.checksum)
+            log.info(
+                f"{ref} names a new system ({digest}) that rolls out to {governing.percent} % of the fleet; this "
+                f"machine's wave is {machine_wave}, so it waits (`os upgrade --ignore-rollout` takes it now)"
+            )
+            return Outcome(current.checksum, current.version, deployed=False, up_to_date=False, held=True)
     pulled = pull(ref, digest, etc, key)
     labels = pulled.labels
     if not labels.get(f"{LABELS}commit"):

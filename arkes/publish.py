@@ -65,9 +65,11 @@ def provenance(commit: Commit) -> dict[str, str]:
     }
 
 
-def publish(sysroot: Sysroot, ref: str, *, index: int = 0, signing: Signing | None = None) -> Published:
-    """Push the system of deployment `index` (the default: 0) to `ref`, signed by `signing` where given; return
-    what was published."""
+def publish(
+    sysroot: Sysroot, ref: str, *, index: int = 0, signing: Signing | None = None, rollout: int | None = None
+) -> Published:
+    """Push the system of deployment `index` (the default: 0) to `ref`, signed by `signing` where given, for
+    `rollout` percent of the fleet where given; return what was published."""
     target = reference(ref)
     if signing is not None and not signing.key.is_file():
         raise UsageError(f"{signing.key}: no such key file", hint="make a key pair with `os keygen PREFIX`")
@@ -98,12 +100,18 @@ def publish(sysroot: Sysroot, ref: str, *, index: int = 0, signing: Signing | No
         containerfile.write_text("\n".join(lines) + "\n")
         the_builder = builder.resolve(images.BASE, images.cache_dir())
         builder.build(the_builder, containerfile, Path(tmp), local, labels=provenance(commit))
+    if rollout is not None:
+        # Before the image: no machine may see it without the rollout that governs it.
+        from arkes import rollout as waves
+
+        waves.write(target, commit.checksum, rollout)
     try:
         digest = push(local, target, signing)
     finally:
         podman.untag([local])
     signed = str(signing.key) if signing is not None else ""
-    return Published(target, digest, commit.version, commit.checksum, commit.metadata.input_hash, signed)
+    m = commit.metadata
+    return Published(target, digest, commit.version, commit.checksum, m.input_hash, signed, rollout)
 
 
 def push(local: str, target: str, signing: Signing | None = None) -> str:

@@ -75,6 +75,8 @@ class Outcome(Result):
     version: str
     deployed: bool
     up_to_date: bool
+    # A published update this machine waits for: its wave is not in the rollout yet (see arkes.rollout).
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Published(Result):
     checksum: str
     input_hash: str
     signed_by: str = ""  # the private key file that signed it; "" when unsigned
+    rollout: int | None = None  # the percentage of the fleet it rolls out to; None: every machine
 
     def render(self) -> str:
         repository = self.reference.rpartition(":")[0]  # the reference always has its tag (publish.reference)
@@ -178,7 +181,26 @@ class Published(Result):
 
     def said(self) -> list[str]:
         signed = f", signed by {self.signed_by}" if self.signed_by else ""
-        return [f"published version {self.version} ({self.checksum[:12]}) as {self.reference} ({self.digest}){signed}"]
+        said = [f"published version {self.version} ({self.checksum[:12]}) as {self.reference} ({self.digest}){signed}"]
+        if self.rollout is not None:
+            said.append(f"rolling out to {self.rollout} % of the fleet; `os rollout {self.reference} N` changes that")
+        return said
+
+
+@dataclass(frozen=True)
+class RolloutSet(Result):
+    KIND: ClassVar[str] = "Rollout"
+    reference: str
+    digest: str  # the image `reference` names now
+    checksum: str  # the commit of the system it holds, which the rollout governs
+    percent: int  # of the fleet that may take it
+    set_at: str  # when the publisher set it; "" when no rollout was set (every machine takes it)
+
+    def render(self) -> str:
+        named = f"{self.checksum[:12]} ({self.digest})"
+        if not self.set_at:
+            return f"{self.reference}: no rollout, every machine takes {named}\n"
+        return f"{self.reference}: {self.percent} % of the fleet may take {named}, since {self.set_at}\n"
 
 
 @dataclass(frozen=True)
@@ -280,13 +302,34 @@ class Diff(Result):
 
 
 @dataclass(frozen=True)
+class Wave:
+    """Where this machine stands in the rollout of a published update."""
+
+    percent: int  # of the fleet that may take it now
+    wave: int  # this machine's, 0 to 99
+    admitted: bool  # wave < percent: this machine takes it
+
+    def describe(self) -> str:
+        verdict = "this machine takes it" if self.admitted else "this machine waits"
+        return f"rolling out to {self.percent} % of the fleet; this machine's wave is {self.wave}: {verdict}"
+
+
+@dataclass(frozen=True)
 class Finding:
     kind: str  # systemfile, context, kargs, tool, base-image, registry, repository, package, kernel, published
     subject: str
     old: str
     new: str
+    rollout: Wave | None = None  # for a published update that rolls out in waves
+
+    @property
+    def takeable(self) -> bool:
+        """Whether `os upgrade` takes it now (an update held back by its rollout is not)."""
+        return self.rollout is None or self.rollout.admitted
 
     def line(self) -> str:
+        if self.rollout is not None:
+            return f"{self.kind} {self.subject}: {self.old or '-'} -> {self.new or '-'} ({self.rollout.describe()})"
         if self.kind == "package":
             return f"package {self.subject} {self.old} -> {self.new}"
         if self.kind == "kernel":

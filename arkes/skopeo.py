@@ -115,12 +115,17 @@ class _Argv:
         return [*builder.container_run(self.builder, self.mounts), self.builder.image, "skopeo", *self.args, *args]
 
 
-def _explained(error: CommandError, what: str) -> ArkesError:
+class Refused(ArkesError):
+    """An image that failed the machine's policy or its own digests: nothing of it is used."""
+
+
+def explained(error: CommandError, what: str) -> ArkesError:
+    """A failed skopeo command as a person should read it: why an image was refused, where it was."""
     detail = error.message.lower()
     for needle, meaning in _REFUSALS:
         if needle in detail:
             said = _fatal(error.message)
-            return ArkesError(
+            return Refused(
                 f"{what} refused: {meaning}",
                 hint=f"skopeo said: {said}\nnothing was pulled or deployed; `os status` shows what this machine's "
                 "policy requires",
@@ -150,7 +155,7 @@ def pull(ref: str, image: str, trust: ForCopy, etc: Path, on_line: Callable[[str
     try:
         run.stream(argv.command(args), on_line, what=f"pulling {ref}")
     except CommandError as e:
-        raise _explained(e, f"pulling {ref}") from None
+        raise explained(e, f"pulling {ref}") from None
 
 
 def push(image: str, ref: str, registries_d: Path, on_line: Callable[[str], None], signing: Signing | None) -> str:

@@ -21,7 +21,7 @@ from arkes import __version__, build, log, packages, podman
 from arkes.errors import ArkesError, UsageError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.records import Metadata
-from arkes.results import Finding, UpdateCheck
+from arkes.results import Finding, UpdateCheck, Wave
 from arkes.target import Target
 
 if TYPE_CHECKING:
@@ -85,17 +85,25 @@ def _input_findings(target: Target, metadata: Metadata) -> list[Finding]:
     return findings
 
 
-def _published_findings(ref: str, deployed: str, errors: list[str]) -> list[Finding]:
-    """The published system `ref` names another image than the one deployed: the registry is asked, nothing is
-    pulled."""
-    from arkes import follow
+def _published_findings(ref: str, deployed: str, etc: Path, errors: list[str]) -> list[Finding]:
+    """The published system `ref` names another image than the one deployed, and where this machine stands in its
+    rollout: the registry is asked, nothing is pulled."""
+    from arkes import follow, rollout
 
     try:
-        digest = follow.remote_digest(ref)
+        named = follow.remote(ref)
+        digest = named.digest
+        if digest == deployed:
+            return []
+        governing = rollout.governing(ref, named.commit)
     except ArkesError as e:
         errors.append(f"cannot ask the registry for {ref}: {e.message}")
         return []
-    return [Finding("published", ref, deployed, digest)] if digest != deployed else []
+    if governing is None:
+        return [Finding("published", ref, deployed, digest)]
+    machine_wave = rollout.wave(etc)
+    wave = Wave(governing.percent, machine_wave, governing.admits(machine_wave))
+    return [Finding("published", ref, deployed, digest, wave)]
 
 
 def _base_findings(metadata: Metadata, errors: list[str]) -> list[Finding]:
@@ -176,7 +184,7 @@ def check(target: Target, *, packages: bool = True) -> UpdateCheck:
     followed = default.origin_value(ORIGIN_SOURCE)
     if followed:
         # A machine that follows a published system takes what its registry names, packages included.
-        findings = _published_findings(followed, default.origin_value(ORIGIN_DIGEST), errors)
+        findings = _published_findings(followed, default.origin_value(ORIGIN_DIGEST), target.system_etc, errors)
     else:
         findings = _input_findings(target, metadata)
         findings += _base_findings(metadata, errors)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from arkes import rollout
 from arkes.skopeo import on_host as skopeo
 from tests.integration.conftest import System, installed, own_copy
 from tests.integration.registry import Registry, running_registry
@@ -302,10 +303,10 @@ def test_a_machine_that_requires_signatures_takes_only_what_its_key_signed(
         assert forged.returncode == 1 and "signature was made for another image" in forged.stderr, forged.stderr
         assert client.snapshot() == before
 
-        # Signed again, then a byte of a layer the machine lacks changed in the registry's storage.
+        # Signed again, then a byte of a blob changed in the registry's storage: the image's configuration, which
+        # every pull reads (a layer could be one that this host's shared storage holds already).
         resigned = json.loads(system.os("publish", ref, *sign, "--json").stdout)
-        layers = skopeo_inspect(ref)["Layers"]
-        blob = registry_blob(registry, layers[-2])
+        blob = registry_blob(registry, after_config(ref))
         original = blob.read_bytes()
         tampered = bytearray(original)
         tampered[len(tampered) // 2] ^= 0xFF
@@ -320,5 +321,58 @@ def test_a_machine_that_requires_signatures_takes_only_what_its_key_signed(
         assert client.status()[0]["source"] == f"{repository}@{resigned['digest']}"
         assert json.loads((client.etc() / "containers/policy.json").read_text()) == policy, "kept by the /etc merge"
         client.fsck()
+    finally:
+        subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)
+
+
+def test_an_update_rolls_out_in_waves_that_the_publisher_widens_or_halts(
+    system: System, client: System, registry: Registry
+) -> None:
+    ref = f"{registry.host}/fleet/system:stable"
+    system.os("publish", ref)
+    try:
+        client.os("switch", ref)
+        # A booted machine has a machine-id (systemd writes it on the first boot); its wave comes from it.
+        (client.etc() / "machine-id").write_text("4a8e1c0f3b2d4e6f8a9b0c1d2e3f4a5b\n")
+        wave = rollout.wave(client.etc())
+        deployed = client.status()[0]
+
+        # Out to the waves below this machine's: it learns of the update, and waits.
+        system.add_line("RUN echo wave one > /usr/share/arkes-wave")
+        system.os("upgrade")
+        first = json.loads(system.os("publish", ref, "--rollout", str(wave), "--json").stdout)
+        assert first["rollout"] == wave
+        shown = json.loads(system.os("rollout", ref, "--json").stdout)
+        assert (shown["digest"], shown["percent"], shown["checksum"]) == (first["digest"], wave, first["checksum"])
+        check = client.os("checkupdates", "--json", check=False)
+        assert check.returncode == 2, "an update this machine may not take yet is none to take"
+        (finding,) = json.loads(check.stdout)["updates"]
+        assert finding["new"] == first["digest"]
+        assert finding["rollout"] == {"percent": wave, "wave": wave, "admitted": False}
+        assert f"this machine's wave is {wave}: this machine waits" in finding["line"]
+        before = client.snapshot()
+        held = client.os("upgrade", "--json")
+        assert json.loads(held.stdout)["held"] is True and "--ignore-rollout" in held.stderr, held.stderr
+        assert client.snapshot() == before, "nothing pulled or deployed"
+
+        # Widened to this machine's wave, without a rebuild: the same image, now taken.
+        widened = json.loads(system.os("rollout", ref, str(wave + 1), "--json").stdout)
+        assert widened["digest"] == first["digest"] and widened["percent"] == wave + 1
+        assert client.os("checkupdates", check=False).returncode == 0
+        taken = client.os("upgrade")
+        assert f"deployed version {first['version']}" in taken.stderr, taken.stderr
+        assert (client.deployment_dir() / "usr/share/arkes-wave").read_text() == "wave one\n"
+
+        # Halted: nobody takes the next one, unless a person says so on the machine.
+        system.add_line("RUN echo wave two > /usr/share/arkes-wave-two")
+        system.os("upgrade")
+        second = json.loads(system.os("publish", ref, "--rollout", "0", "--json").stdout)
+        assert json.loads(client.os("upgrade", "--json").stdout)["held"] is True
+        forced = client.os("upgrade", "--ignore-rollout")
+        assert f"deployed version {second['version']}" in forced.stderr, forced.stderr
+        assert client.status()[0]["checksum"] != deployed["checksum"]
+
+        bad = system.os("rollout", ref, "101", check=False)
+        assert bad.returncode == 2 and "0 to 100" in bad.stderr
     finally:
         subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)

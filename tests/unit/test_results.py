@@ -74,6 +74,27 @@ MODELS: dict[str, results.Result] = {
         "127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, "20261203.2", C, "a" * 64, "/root/fleet.private"
     ),
     "keygen": results.KeyPair("/root/fleet.private", "/root/fleet.pub"),
+    "publish-rollout": results.Published(
+        "127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, "20261203.2", C, "a" * 64, "", 10
+    ),
+    "rollout": results.RolloutSet(
+        "127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, C, 50, "2026-12-07T12:00:00+00:00"
+    ),
+    "rollout-none": results.RolloutSet("127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, C, 100, ""),
+    "checkupdates-held": results.UpdateCheck(
+        "2026-12-07T04:40:00+00:00",
+        C,
+        (
+            results.Finding(
+                "published",
+                "127.0.0.1:5000/fleet/system:stable",
+                "sha256:" + "1" * 64,
+                "sha256:" + "2" * 64,
+                results.Wave(10, 37, False),
+            ),
+        ),
+        (),
+    ),
     "host-keys": results.HostKeys(
         (results.HostKey("/etc/ssh/ssh_host_ed25519_key.pub", "ED25519", "SHA256:2Hq0Yc8m5yYh0Xb1l0FQp6nq5R0aQ"),)
     ),
