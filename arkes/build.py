@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arkes import __version__, builder, images, layers, lint, log, packages, podman, run, tree
-from arkes.errors import UsageError
+from arkes.errors import ArkesError, UsageError
 from arkes.names import BUILD_REF
 from arkes.records import Metadata
 
@@ -112,9 +112,18 @@ def input_hash(
     return digest.hexdigest()
 
 
-def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Plan:
+def plan(
+    path: Path,
+    kargs: Sequence[str],
+    *,
+    ensure_images: bool = True,
+    registry_etc: Path | None = None,
+    built_on: Mapping[str, str] | None = None,
+) -> Plan:
     """Validate the Systemfile, make sure its base images exist, and compute the input hash (without a package
-    state: `Plan.with_packages` adds it)."""
+    state: `Plan.with_packages` adds it). With `registry_etc` (the /etc whose policy.json decides what is trusted),
+    base images from a registry are brought to what their registry names now (see `fetched`); `built_on` names
+    the digests the current system was built on, which an offline build keeps where this machine has them."""
     context = path.parent
     from arkes import systemfile
 
@@ -139,16 +148,55 @@ def plan(path: Path, kargs: Sequence[str], *, ensure_images: bool = True) -> Pla
             elif ensured.image is not None:
                 inspected[ref] = ensured.image
         image = inspected[ref] if ref in inspected else podman.image_info(ref)
+        line = next((s.line for s in sf.stages if s.base == ref), 1)
+        if registry_etc is not None and from_registry(ref):
+            image, digests[ref] = fetched(ref, image, registry_etc, f"{path}:{line}", (built_on or {}).get(ref, ""))
         if image is None:
-            line = next((s.line for s in sf.stages if s.base == ref), 1)
             raise UsageError(
                 f"{path}:{line}: the base image {ref} does not exist",
                 hint=f"build or pull it first (podman images lists what exists); {images.BASE} is built on demand",
             )
-        digests[ref] = podman.image_digest(ref, image)
+        digests.setdefault(ref, podman.image_digest(ref, image))
     manifest = context_manifest(context)
     ihash = input_hash(sf.text.encode(), manifest, digests, kargs)
     return Plan(sf, context, tuple(kargs), sf.base_image, digests, ihash, tuple(manifest))
+
+
+def from_registry(ref: str) -> bool:
+    """Whether `ref` names an image in a registry by its full name (REGISTRY/NAME...), not one of this machine."""
+    host = ref.partition("/")[0]
+    return "/" in ref and host != "localhost" and ("." in host or ":" in host)
+
+
+def fetched(
+    ref: str, image: dict[str, object] | None, etc: Path, where: str, built_on: str = ""
+) -> tuple[dict[str, object] | None, str]:
+    """The base image `ref` as its registry names it now, and that digest: pulled (verified as the policy in `etc`
+    says) when this machine's copy is missing or another; this machine's copy, with a warning, when the registry
+    cannot be reached."""
+    from arkes import skopeo, trust
+
+    pinned = "@" in ref
+    if pinned and image is not None:
+        return image, ref.partition("@")[2]
+    try:
+        remote = ref.partition("@")[2] if pinned else podman.registry_digest(ref)
+    except skopeo.Refused:
+        raise
+    except ArkesError as e:
+        if image is None:
+            raise UsageError(
+                f"{where}: the base image {ref} is not on this machine and its registry cannot be reached: {e.message}"
+            ) from None
+        log.warn(f"the registry of {ref} cannot be reached ({e.message}); building on this machine's copy")
+        known = podman.known_digests(ref, image)
+        return image, built_on if built_on in known else known[-1]
+    if image is not None and remote in podman.known_digests(ref, image):
+        return image, remote
+    log.info(f"base image {ref}: the registry names {remote}, pulling it")
+    with trust.for_copy(etc, ref) as policy, log.step("pull") as progress:
+        skopeo.pull(f"{trust.repository(ref)}@{remote}", ref, policy, etc, podman.blob_progress(progress))
+    return podman.image_info(ref), remote
 
 
 PACKAGE_STAMP = "usr/lib/arkes/package-state"  # the fingerprint of packages update_packages left up to date

@@ -153,7 +153,8 @@ def install(
     source = (systemfile or images.default_systemfile()).resolve()
     created = not path.exists()
     # Everything that can be refused is checked before the sysroot is made.
-    p = build.plan(source, machine_kargs(source.parent))
+    # Base images from a registry are pulled as the installing machine's policy says.
+    p = build.plan(source, machine_kargs(source.parent), registry_etc=Path("/etc"))
     p = p.with_packages(package_state(p.base_image, {}))
     try:
         sysroot = Sysroot.initialize(path)
@@ -228,7 +229,8 @@ def upgrade(
         asked = (
             run.in_background(package_state, "", recorded, updates=package_updates, cache=cache) if recorded else None
         )
-        p = build.plan(path, target.kargs)
+        built_on = {current.metadata.base_image: current.metadata.base_digest} if current is not None else {}
+        p = build.plan(path, target.kargs, registry_etc=machine_etc, built_on=built_on)
         state = asked.result() if asked else package_state(p.base_image, {}, updates=package_updates, cache=cache)
         moved = state.changed(recorded) if recorded else []
         for url in moved:

@@ -89,6 +89,21 @@ def image_digest(ref: str, image: dict[str, object] | None = None) -> str:
     return f"sha256:{image['Id']}"
 
 
+def known_digests(ref: str, image: dict[str, object]) -> list[str]:
+    """Every digest under which the storage knows the image `ref` names: its own, and those of its repository's
+    manifests it was pulled or pushed as (an image can be one of several manifests of the same configuration)."""
+    repository = ref.partition("@")[0]
+    if ":" in repository.rpartition("/")[2]:
+        repository = repository.rpartition(":")[0]
+    found = [image_digest(ref, image)]
+    listed = image.get("RepoDigests")
+    for repo_digest in listed if isinstance(listed, list) else []:
+        name, _, digest = str(repo_digest).partition("@")
+        if name == repository and digest not in found:
+            found.append(digest)
+    return found
+
+
 def image_labels(ref: str, image: dict[str, object] | None = None) -> dict[str, str]:
     image = image or inspect_image(ref)
     config = image.get("Config")
@@ -244,10 +259,13 @@ def run_in(image: str, argv: list[str], *, what: str) -> str:
 
 def registry_digest(ref: str) -> str:
     """The digest a registry serves for `ref`, read without pulling the image."""
-    result = run.run(
-        ["skopeo", "inspect", "--no-tags", "--format", "{{.Digest}}", f"docker://{ref}"],
-        what=f"skopeo inspect {ref}",
-    )
+    from arkes import skopeo
+
+    argv = [*skopeo.on_host(), "inspect", "--no-tags", "--format", "{{.Digest}}", f"docker://{ref}"]
+    try:
+        result = run.run(argv, what=f"asking the registry for {ref}")
+    except CommandError as e:
+        raise skopeo.explained(e, f"asking the registry for {ref}") from None
     return result.stdout.strip()
 
 

@@ -146,7 +146,7 @@ def pull(ref: str, image: str, trust: ForCopy, etc: Path, on_line: Callable[[str
     below `etc`, the machine's /etc)."""
     argv = _Argv()
     argv.same(trust.policy.parent)
-    if etc != Path("/etc"):
+    if etc != Path("/etc") and etc.is_dir():
         argv.same(etc)
     argv.args += ["--policy", os.fspath(trust.policy), "--registries.d", os.fspath(trust.registries_d)]
     args = ["copy", f"docker://{ref}", argv.storage(image)]

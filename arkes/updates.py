@@ -112,10 +112,10 @@ def _base_findings(metadata: Metadata, errors: list[str]) -> list[Finding]:
     if not ref:
         return []
     findings = []
-    if podman.image_exists(ref):
-        local = podman.image_digest(ref)
-        if local != recorded:
-            findings.append(Finding("base-image", ref, recorded, local))
+    image = podman.image_info(ref)
+    if image is not None:
+        if recorded not in podman.known_digests(ref, image):
+            findings.append(Finding("base-image", ref, recorded, podman.image_digest(ref, image)))
     else:
         errors.append(f"the base image {ref} is not in local container storage")
     if not ref.startswith("localhost/"):

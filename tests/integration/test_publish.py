@@ -376,3 +376,38 @@ def test_an_update_rolls_out_in_waves_that_the_publisher_widens_or_halts(
         assert bad.returncode == 2 and "0 to 100" in bad.stderr
     finally:
         subprocess.run(["podman", "rmi", "-i", ref], capture_output=True, check=False)
+
+
+def test_a_machine_builds_on_a_published_base_and_takes_a_newer_one(
+    system: System, client: System, registry: Registry
+) -> None:
+    base = f"{registry.host}/fleet/base:1"
+    first = json.loads(system.os("publish", base, "--json").stdout)
+    try:
+        client.systemfile.write_text(f"FROM {base}\nRUN echo derived > /usr/share/arkes-derived\nRUN post_build\n")
+        built = client.os("upgrade")
+        assert f"base image {base}: the registry names {first['digest']}, pulling it" in built.stderr, built.stderr
+        deployed = client.status()[0]
+        assert (deployed["baseImage"], deployed["baseDigest"]) == (base, first["digest"])
+        assert (client.deployment_dir() / "usr/share/arkes-published").read_text() == "published\n", "the base's"
+        assert (client.deployment_dir() / "usr/share/arkes-derived").read_text() == "derived\n"
+        assert json.loads(client.os("upgrade", "--json").stdout)["upToDate"] is True
+
+        # The base's publisher publishes a newer one: the machine learns of it from the registry, then builds on it.
+        system.add_line("RUN echo newer base > /usr/share/arkes-newer-base")
+        system.os("upgrade")
+        second = json.loads(system.os("publish", base, "--json").stdout)
+        check = client.os("checkupdates", "--no-packages", "--json", check=False)
+        assert check.returncode == 0, check.stderr
+        findings = json.loads(check.stdout)["updates"]
+        assert {"kind": "registry", "subject": base, "old": first["digest"], "new": second["digest"]}.items() <= (
+            next(f for f in findings if f["kind"] == "registry").items()
+        ), findings
+        upgraded = client.os("upgrade")
+        assert f"the registry names {second['digest']}, pulling it" in upgraded.stderr, upgraded.stderr
+        assert client.status()[0]["baseDigest"] == second["digest"]
+        assert (client.deployment_dir() / "usr/share/arkes-newer-base").read_text() == "newer base\n"
+        assert (client.deployment_dir() / "usr/share/arkes-derived").read_text() == "derived\n"
+        client.fsck()
+    finally:
+        subprocess.run(["podman", "rmi", "-i", base], capture_output=True, check=False)

@@ -74,8 +74,7 @@ def test_base_image_findings_local_and_registry(monkeypatch: pytest.MonkeyPatch)
     """Digest comparison only: Podman and the registry are replaced by their answers."""
     from arkes import podman
 
-    monkeypatch.setattr(podman, "image_exists", lambda ref: True)
-    monkeypatch.setattr(podman, "image_digest", lambda ref: "sha256:local")
+    monkeypatch.setattr(podman, "image_info", lambda ref: {"Digest": "sha256:local", "Id": "1" * 64})
     monkeypatch.setattr(podman, "registry_digest", lambda ref: "sha256:remote")
     errors: list[str] = []
     meta = Metadata(base_image="quay.io/example/base:1", base_digest="sha256:recorded")
@@ -87,3 +86,7 @@ def test_base_image_findings_local_and_registry(monkeypatch: pytest.MonkeyPatch)
     assert errors == []
     local = Metadata(base_image="localhost/arkes:base", base_digest="sha256:local")
     assert updates._base_findings(local, errors) == [], "a local image has no registry to ask"
+    # An image pulled from its registry is also known by the digest of the manifest it was pulled as.
+    pulled = {"Digest": "sha256:local", "Id": "1" * 64, "RepoDigests": ["quay.io/example/base@sha256:recorded"]}
+    monkeypatch.setattr(podman, "image_info", lambda ref: pulled)
+    assert [f.kind for f in updates._base_findings(meta, errors)] == ["registry"]
