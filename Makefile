@@ -24,6 +24,7 @@ lint: setup
 
 bench: images
 	.venv/bin/python bench/upgrade.py
+	.venv/bin/python bench/fleet.py
 
 bench-vm: images
 	.venv/bin/python bench/vm.py

@@ -345,6 +345,22 @@ def cli_publish(args: argparse.Namespace) -> int:
     from arkes import publish, skopeo
 
     target = open_target(args)
+    if args.ostree is not None:
+        from arkes import archive
+
+        if args.reference or args.rollout is not None:
+            raise UsageError("--ostree DIR publishes to a directory: give no REFERENCE and no --rollout with it")
+        directory = Path(args.ostree).absolute()
+        homedir = archive.homedir()
+        show(
+            args,
+            archive.publish(
+                target.sysroot, directory, branch=args.branch, index=args.index, key=args.sign_by, homedir=homedir
+            ),
+        )
+        return 0
+    if not args.reference:
+        raise UsageError("give the REFERENCE to push to (REGISTRY/NAME[:TAG]), or --ostree DIR")
     if args.rollout is not None and not 0 <= args.rollout <= 100:
         raise UsageError(f"--rollout is a percentage of the fleet, 0 to 100, not {args.rollout}")
     if args.sign_by is None:
@@ -709,13 +725,20 @@ VERBS: tuple[Verb, ...] = (
         "With --sign-by KEY (a private key file from `os keygen`), the image is signed with a sigstore\n"
         "signature that the registry keeps next to it; machines that `os switch --require-signed` its\n"
         "public key take nothing else. The key's passphrase is asked at the terminal, or read from\n"
-        "--sign-passphrase-file.",
+        "--sign-passphrase-file.\n\n"
+        "With --ostree DIR instead of REFERENCE, the commit goes into DIR, an OSTree archive repository\n"
+        "(made when missing) that any static HTTP server serves, under --branch (arkes/stable), with a\n"
+        "static delta from the branch's previous commit and a new summary; --sign-by KEYID then signs the\n"
+        "commit and the summary with a GPG key of the publisher's keyring (GNUPGHOME). Machines follow it\n"
+        "with `os switch ostree+http://HOST/PATH#BRANCH`.",
         (
-            opt("reference", metavar="REFERENCE", help="where to push: REGISTRY/NAME[:TAG]"),
+            opt("reference", metavar="REFERENCE", nargs="?", help="where to push: REGISTRY/NAME[:TAG]"),
             opt("--index", type=int, default=0, metavar="N", help="the deployment to publish (default: 0)"),
             opt("--sign-by", metavar="KEY", help="sign with this private key file (see `os keygen`)"),
             opt("--sign-passphrase-file", metavar="FILE", help="the signing key's passphrase: FILE's first line"),
             opt("--rollout", type=int, metavar="PERCENT", help="let only this share of the fleet take it, for now"),
+            opt("--ostree", metavar="DIR", help="publish into this OSTree archive repository instead"),
+            opt("--branch", default="arkes/stable", metavar="NAME", help="with --ostree: the branch (arkes/stable)"),
             JSON_OPTION,
         ),
     ),
@@ -763,9 +786,19 @@ VERBS: tuple[Verb, ...] = (
         "every image of REFERENCE's repository: the key goes to /etc/pki/containers, the requirement to\n"
         "policy.json and registries.d, where the /etc merge keeps them. `os status` shows the requirement.",
         (
-            opt("reference", metavar="REFERENCE", nargs="?", help="REGISTRY/NAME[:TAG] to follow", group="source"),
+            opt(
+                "reference",
+                metavar="REFERENCE",
+                nargs="?",
+                help="REGISTRY/NAME[:TAG], or ostree+http://HOST/PATH[#BRANCH], to follow",
+                group="source",
+            ),
             opt("--local", action="store_true", help="build this machine's own Systemfile again", group="source"),
-            opt("--require-signed", metavar="KEY", help="take only images signed by this public key file"),
+            opt(
+                "--require-signed",
+                metavar="KEY",
+                help="take only what this public key signed (a sigstore key; a GPG key for ostree+http://)",
+            ),
             opt("--allow-secret", action="append", metavar="PATH", help="a private key the image may carry"),
             JSON_OPTION,
         ),

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import build, builder, deploy, images, layers, log, podman, rollout, run, skopeo, trust
+from arkes import archive, build, builder, deploy, images, layers, log, podman, rollout, run, skopeo, trust
 from arkes.errors import ArkesError, CommandError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.publish import LABELS, reference
@@ -79,6 +79,9 @@ def upgrade(
     """Deploy what `ref` names now, unless the default deployment is that already or the image's rollout does not
     admit this machine yet (unless `ignore_rollout`). With `require_key` (a public key file), only an image signed
     by it is taken, and the machine requires that signature from then on. The caller holds the lock."""
+    if archive.is_archive(ref):
+        gpg_key = archive.gpg_public_key(require_key) if require_key is not None else None
+        return archive.upgrade(target, ref, deploy_it=deploy_it, require_key=gpg_key)
     sysroot = target.sysroot
     ref = reference(ref)
     etc = target.system_etc

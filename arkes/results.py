@@ -188,6 +188,28 @@ class Published(Result):
 
 
 @dataclass(frozen=True)
+class PublishedTree(Result):
+    KIND: ClassVar[str] = "PublishTree"
+    directory: str  # the archive repository
+    branch: str
+    checksum: str  # the commit the branch names now
+    version: str
+    previous: str  # the commit it named before; "" for a new branch
+    delta_bytes: int  # the static delta from `previous`: what a machine that has it downloads
+    signed_by: str  # the GPG key; "" when unsigned
+
+    def render(self) -> str:
+        return f"{self.checksum}\n"
+
+    def said(self) -> list[str]:
+        signed = f", signed by {self.signed_by}" if self.signed_by else ""
+        said = [f"published version {self.version} ({self.checksum[:12]}) as {self.branch} in {self.directory}{signed}"]
+        if self.previous and self.previous != self.checksum:
+            said.append(f"static delta from {self.previous[:12]}: {size(self.delta_bytes)}")
+        return said
+
+
+@dataclass(frozen=True)
 class RolloutSet(Result):
     KIND: ClassVar[str] = "Rollout"
     reference: str

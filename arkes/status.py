@@ -138,6 +138,8 @@ def listing(sysroot: Sysroot) -> Listing:
 def _source(d: OSTreeDeployment) -> str:
     """Where a deployment came from (the origin `os switch` and `os upgrade` write: see arkes.follow)."""
     ref, digest = d.origin_value(ORIGIN_SOURCE), d.origin_value(ORIGIN_DIGEST)
+    if ref.startswith("ostree+"):
+        return f"{ref}@{digest}" if digest else ref  # an archive repository's branch, and its commit
     return f"{ref.rpartition(':')[0]}@{digest}" if ref and digest else ref
 
 
@@ -158,15 +160,25 @@ def finish(found: Listing, state_dir: Path) -> Status:
     shared: list[str] = []
     if found.etc is not None:
         shared = identity.from_image(found.etc, state_dir, [root / "usr/etc" for root in found.roots])
-    deployments = tuple(_verified(d, root, found.etc) for d, root in zip(found.deployments, found.roots, strict=True))
+    repo = Path(found.sysroot) / "ostree/repo"
+    deployments = tuple(
+        _verified(d, root, found.etc, repo) for d, root in zip(found.deployments, found.roots, strict=True)
+    )
     return Status(found.sysroot, deployments, last, tuple(shared))
 
 
-def _verified(d: Deployment, root: Path, machine: Path | None) -> Deployment:
+def _verified(d: Deployment, root: Path, machine: Path | None, repo: Path) -> Deployment:
     """A deployment that follows a published system, with what its /etc's policy requires of it (a deployment
-    staged on a running system has no /etc before it boots: the running one's is what it will merge)."""
+    staged on a running system has no /etc before it boots: the running one's is what it will merge); one that
+    follows an archive repository, with what the machine's remote for it requires."""
     if not d.source:
         return d
+    if d.source.startswith("ostree+"):
+        from arkes import archive
+
+        name, verify, keyring = archive.verification(repo, d.source.rpartition("@")[0])
+        required = trust.Requirement("gpgSigned", (keyring,)) if verify else trust.Requirement("insecureAcceptAnything")
+        return dataclasses.replace(d, verification=Verification(f"ostree remote {name}", (required,)))
     etc = root / "etc" if (root / "etc").is_dir() else machine
     if etc is None:
         return d

@@ -44,7 +44,12 @@ class Requirement:
             return "no signature"
         if self.type == "reject":
             return "what no image can give (every image is rejected)"
-        kind = {"sigstoreSigned": "a sigstore signature", "signedBy": "a GPG signature"}.get(self.type, self.type)
+        kinds = {
+            "sigstoreSigned": "a sigstore signature",
+            "signedBy": "a GPG signature",
+            "gpgSigned": "a GPG signature",
+        }
+        kind = kinds.get(self.type, self.type)
         return f"{kind} by {', '.join(self.keys)}" if self.keys else kind
 
 
@@ -57,11 +62,12 @@ class Verification:
 
     @property
     def signed(self) -> bool:
-        return any(r.type in ("sigstoreSigned", "signedBy") for r in self.requirements)
+        return any(r.type in ("sigstoreSigned", "signedBy", "gpgSigned") for r in self.requirements)
 
     def describe(self) -> str:
         said = " and ".join(r.describe() for r in self.requirements) or "nothing"
-        return f"{said} (policy.json: {self.scope})"
+        where = self.scope if self.scope.startswith("ostree remote") else f"policy.json: {self.scope}"
+        return f"{said} ({where})"
 
 
 def repository(ref: str) -> str:

@@ -85,10 +85,18 @@ def _input_findings(target: Target, metadata: Metadata) -> list[Finding]:
     return findings
 
 
-def _published_findings(ref: str, deployed: str, etc: Path, errors: list[str]) -> list[Finding]:
+def _published_findings(sysroot: Sysroot, ref: str, deployed: str, etc: Path, errors: list[str]) -> list[Finding]:
     """The published system `ref` names another image than the one deployed, and where this machine stands in its
-    rollout: the registry is asked, nothing is pulled."""
-    from arkes import follow, rollout
+    rollout: the registry is asked, nothing is pulled (of an archive repository, the newest commit alone)."""
+    from arkes import archive, follow, rollout
+
+    if archive.is_archive(ref):
+        try:
+            newest = archive.newest(sysroot, archive.source(ref))
+        except ArkesError as e:
+            errors.append(f"cannot ask {ref}: {e.message}")
+            return []
+        return [Finding("published", ref, deployed, newest)] if newest != deployed else []
 
     try:
         named = follow.remote(ref)
@@ -184,7 +192,8 @@ def check(target: Target, *, packages: bool = True) -> UpdateCheck:
     followed = default.origin_value(ORIGIN_SOURCE)
     if followed:
         # A machine that follows a published system takes what its registry names, packages included.
-        findings = _published_findings(followed, default.origin_value(ORIGIN_DIGEST), target.system_etc, errors)
+        deployed = default.origin_value(ORIGIN_DIGEST)
+        findings = _published_findings(sysroot, followed, deployed, target.system_etc, errors)
     else:
         findings = _input_findings(target, metadata)
         findings += _base_findings(metadata, errors)

@@ -18,6 +18,7 @@ from arkes import rollout
 from arkes.skopeo import on_host as skopeo
 from tests.integration.conftest import System, installed, own_copy
 from tests.integration.registry import Registry, running_registry
+from tests.integration.static import gpg_key, serving, stop_agent
 
 pytestmark = pytest.mark.integration
 
@@ -411,3 +412,62 @@ def test_a_machine_builds_on_a_published_base_and_takes_a_newer_one(
         client.fsck()
     finally:
         subprocess.run(["podman", "rmi", "-i", base], capture_output=True, check=False)
+
+
+def test_a_machine_follows_an_ostree_archive_over_http_through_static_deltas(
+    system: System, client: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "gnupg"
+    (tmp_path / "fleet.asc").write_bytes(gpg_key(home, "fleet@arkes.invalid"))
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    repo = tmp_path / "www/repo"
+    sign = ["--sign-by", "fleet@arkes.invalid"]
+    try:
+        first = json.loads(system.os("publish", "--ostree", str(repo), *sign, "--json").stdout)
+        assert first["kind"] == "PublishTree" and first["checksum"] == system.status()[0]["checksum"]
+        assert (first["branch"], first["previous"], first["deltaBytes"]) == ("arkes/stable", "", 0)
+        with serving(tmp_path / "www") as server:
+            url = f"ostree+http://127.0.0.1:{server.port}/repo"
+            wrong = client.os("switch", url, "--require-signed", str(tmp_path / "fleet.asc.missing"), check=False)
+            assert wrong.returncode == 2 and "cannot read the public key" in wrong.stderr
+
+            client.os("switch", url, "--require-signed", str(tmp_path / "fleet.asc"))
+            followed = client.status()[0]
+            assert followed["checksum"] == first["checksum"], "the publisher's commit itself"
+            assert followed["source"] == f"{url}#arkes/stable@{first['checksum']}"
+            assert followed["verification"]["requirements"][0]["type"] == "gpgSigned"
+            assert "requires    a GPG signature by" in client.os("status").stdout
+
+            # A one-line change: published with a static delta from the previous commit, which the machine takes.
+            system.add_line("RUN echo archived > /usr/share/arkes-archived")
+            system.os("upgrade")
+            second = json.loads(system.os("publish", "--ostree", str(repo), *sign, "--json").stdout)
+            assert second["previous"] == first["checksum"] and 0 < second["deltaBytes"] < 64 * 2**20
+            check = client.os("checkupdates", "--json", check=False)
+            assert check.returncode == 0, check.stderr
+            (finding,) = json.loads(check.stdout)["updates"]
+            assert (finding["kind"], finding["old"], finding["new"]) == (
+                "published",
+                first["checksum"],
+                second["checksum"],
+            )
+            asked = len(server.requested())
+            taken = client.os("upgrade")
+            assert f"deployed version {second['version']}" in taken.stderr, taken.stderr
+            assert client.status()[0]["checksum"] == second["checksum"]
+            assert (client.deployment_dir() / "usr/share/arkes-archived").read_text() == "archived\n"
+            fetched = server.requested()[asked:]
+            assert any("/repo/deltas/" in r and r.endswith(" 200") for r in fetched), fetched
+            assert not any("/repo/objects/" in r and ".filez " in r for r in fetched), "files came in the delta"
+
+            # Unsigned: refused before anything of it is pulled or deployed.
+            system.add_line("RUN echo unsigned > /usr/share/arkes-archived-unsigned")
+            system.os("upgrade")
+            system.os("publish", "--ostree", str(repo))
+            before = client.snapshot()
+            refused = client.os("upgrade", check=False)
+            assert refused.returncode == 1 and "not signed" in refused.stderr, refused.stderr
+            assert client.snapshot() == before
+            client.fsck()
+    finally:
+        stop_agent(home)

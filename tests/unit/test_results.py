@@ -80,6 +80,9 @@ MODELS: dict[str, results.Result] = {
     "rollout": results.RolloutSet(
         "127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, C, 50, "2026-12-07T12:00:00+00:00"
     ),
+    "publish-tree": results.PublishedTree(
+        "/srv/www/repo", "arkes/stable", C, "20261207.2", "b" * 64, 734003, "fleet@example.com"
+    ),
     "rollout-none": results.RolloutSet("127.0.0.1:5000/fleet/system:stable", "sha256:" + "f" * 64, C, 100, ""),
     "checkupdates-held": results.UpdateCheck(
         "2026-12-07T04:40:00+00:00",
