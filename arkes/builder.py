@@ -34,6 +34,8 @@ CONTAINER_PREFIX = "arkes-builder-"
 CACHE_MOUNTS = "/var/tmp/buildah-cache-0"
 CONTEXT = "/run/arkes/context"
 CONTAINERFILE = "/run/arkes/Containerfile"
+# What runc says when it cannot seal the copy of itself it runs a step with (a busy file, rarely): transient.
+_TRANSIENT = "sealing memfd copy: Device or resource busy"
 # A builder that cannot even start: what its error output says, and what a person can do about it.
 _START_FAILURES = (
     ("operation not permitted", podman.PRIVILEGES_HINT),
@@ -268,15 +270,26 @@ def build(
             on_tagged()
 
     try:
-        run.stream(
-            command,
-            on_line,
-            what=f"the build ({builder.describe()})",
-            error=BuildError,
-            nice=nice,
-            tied=True,
-            on_interrupt=None if builder.native else _interrupt_container,
-        )
+        for attempt in (1, 2):
+            try:
+                run.stream(
+                    command,
+                    on_line,
+                    what=f"the build ({builder.describe()})",
+                    error=BuildError,
+                    nice=nice,
+                    tied=True,
+                    on_interrupt=None if builder.native else _interrupt_container,
+                )
+                break
+            except BuildError as exc:
+                if attempt == 1 and _TRANSIENT in exc.message:
+                    # runc could not seal its own copy for one step: nothing of the Systemfile failed, and the
+                    # steps done so far are cached, so the build goes on from where it stopped.
+                    log.warn(f"the runtime could not start a step ({_TRANSIENT}); building again from there")
+                    steps[0], cached[0] = 0, 0
+                    continue
+                raise
     except BuildError as exc:
         raise _explained(exc, builder) from None
     except BaseException:

@@ -124,6 +124,7 @@ def copied(template: System, destination: Path) -> System:
     """A system of its own with the state of `template`: its sysroot copied (OSTree's hardlinks kept), a new
     system id, and its build images tagged for that id as well, so that the copy is a system like any other."""
     destination.parent.mkdir(parents=True, exist_ok=True)
+    settled(template)
     subprocess.run(["cp", "-a", "--reflink=auto", str(template.path), str(destination)], check=True)
     copy = System(destination)
     old = _system_id(copy.repo)
@@ -134,6 +135,17 @@ def copied(template: System, destination: Path) -> System:
         for tag in build_tags(template):
             subprocess.run(["podman", "tag", tag, tag.replace(f"-{old[:12]}", f"-{new[:12]}")], check=True)
     return copy
+
+
+def settled(system: System, timeout: float = 300) -> None:
+    """Wait until `os` has removed the trees it built from (it removes them at the lowest priority after it has
+    returned, see arkes.layers): a copy made meanwhile would race with that removal."""
+    scratch = system.repo / "tmp"
+    deadline = time.monotonic() + timeout
+    while any(scratch.glob("arkes-tree-*")):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the trees in {scratch} are still there after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def own_copy(template: System, tmp_path: Path) -> Iterator[System]:
