@@ -78,6 +78,7 @@ def own_storage(root: Path) -> dict[str, str]:
             "skopeo",
             "copy",
             "-q",
+            "--remove-signatures",
             f"containers-storage:{image}",
             f"containers-storage:[overlay@{graphroot}+{runroot}]{image}",
         )
