@@ -11,11 +11,14 @@ and its `podman login` credentials go with it.
 from __future__ import annotations
 
 import getpass
+import hashlib
+import json
 import os
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,11 @@ from arkes.trust import ForCopy
 
 # Where the container finds what `os` hands it from the host.
 _INSIDE = Path("/run/arkes/skopeo")
+# Where skopeo keeps what it learnt of blobs, for root, and the file it keeps it in (containers/image's SQLite
+# cache, whose table of compressed and uncompressed digests is the one thing `os` writes to).
+_CACHE = "/var/lib/containers/cache"
+_CACHE_FILE = "blob-info-cache-v1.sqlite"
+_COMPRESSED = ("+gzip", "+zstd", ".gzip", ".zstd")
 # What skopeo says when an image fails the policy or its data, and what that means for a person.
 _ALTERED = "what the registry sent is not what was published: the image was altered after it was published"
 _REFUSALS = (
@@ -70,19 +78,21 @@ def _auth_file() -> Path | None:
 class _Argv:
     """A skopeo command line: native, or in the base image's container with each host path mounted."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Path | None = None) -> None:
         self.native = builder.is_arkes_system()
         self.mounts: list[tuple[Path, str, str]] = []
         self.args: list[str] = []
         self.builder: builder.Builder | None = None
+        self.cache = cache
         if not self.native:
             images.ensure(images.BASE)
             self.builder = builder.resolve(images.BASE, images.cache_dir())
             # What it learnt of blobs (which compressed blob a registry already has for a layer) is kept between
             # runs, as an installed skopeo keeps it: without it each push compresses and sends every layer again.
-            known = self.builder.state / "blob-info-cache"
-            known.mkdir(parents=True, exist_ok=True)
-            self.mounts.append((known, "/var/lib/containers/cache", "rw"))
+            if cache is None:
+                cache = self.builder.state / "blob-info-cache"
+                cache.mkdir(parents=True, exist_ok=True)
+            self.mounts.append((cache, _CACHE, "rw"))
             if (conf := _registries_conf()) is not None:
                 self.args += ["--registries-conf", self.host(conf, "registries.conf")]
         elif configured := os.environ.get("CONTAINERS_REGISTRIES_CONF"):
@@ -109,6 +119,11 @@ class _Argv:
         return f"containers-storage:[{b.driver}@{b.graphroot}+{b.runroot}]{image}"
 
     def command(self, args: list[str]) -> list[str]:
+        if self.builder is None and self.cache is not None:
+            # The system's skopeo with a cache of this command's own, mounted where it looks, seen by it alone.
+            bind = f'mkdir -p {_CACHE} && mount --bind "$0" {_CACHE} && exec "$@"'
+            private = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, os.fspath(self.cache)]
+            return [*private, "skopeo", *self.args, *args]
         if self.builder is None:
             return ["skopeo", *self.args, *args]
         assert self.builder.image is not None
@@ -142,20 +157,70 @@ def _fatal(message: str) -> str:
 
 
 def pull(ref: str, image: str, trust: ForCopy, etc: Path, on_line: Callable[[str], None]) -> None:
-    """Copy the registry's `ref` into the container storage as `image`, verified against `trust` (whose keys are
-    below `etc`, the machine's /etc)."""
-    argv = _Argv()
-    argv.same(trust.policy.parent)
-    if etc != Path("/etc") and etc.is_dir():
-        argv.same(etc)
-    argv.args += ["--policy", os.fspath(trust.policy), "--registries.d", os.fspath(trust.registries_d)]
-    args = ["copy", f"docker://{ref}", argv.storage(image)]
-    if (auth := _auth_file()) is not None:
-        args[1:1] = ["--src-authfile", argv.host(auth, "auth.json")]
+    """Copy the registry's `ref` (by digest) into the container storage as `image`, verified against `trust`
+    (whose keys are below `etc`, the machine's /etc). Layers the storage holds already are not downloaded."""
+    with tempfile.TemporaryDirectory(prefix="arkes-pull-") as tmp:
+        argv = _Argv(cache=Path(tmp))
+        layer_pairs(ref, Path(tmp) / _CACHE_FILE)
+        argv.same(trust.policy.parent)
+        if etc != Path("/etc") and etc.is_dir():
+            argv.same(etc)
+        argv.args += ["--policy", os.fspath(trust.policy), "--registries.d", os.fspath(trust.registries_d)]
+        args = ["copy", f"docker://{ref}", argv.storage(image)]
+        if (auth := _auth_file()) is not None:
+            args[1:1] = ["--src-authfile", argv.host(auth, "auth.json")]
+        try:
+            run.stream(argv.command(args), on_line, what=f"pulling {ref}")
+        except CommandError as e:
+            raise explained(e, f"pulling {ref}") from None
+
+
+def layer_pairs(ref: str, cache: Path) -> int:
+    """Tell the skopeo of one pull, through a cache file of its own (`cache`), which uncompressed layer each
+    compressed blob of the image `ref` (by digest) unpacks to, as the image's configuration declares: the container
+    storage then uses a layer it holds already (built here from the same base, or pulled before under another
+    blob) instead of downloading it. skopeo learns this only from blobs it compressed or unpacked itself, so a
+    machine that built its system or was installed from a disk image would otherwise download every layer of the
+    first published system it follows. Only what the manifest pulled by digest binds is written, and only for this
+    pull (the machine's own cache never learns a claim it did not check); the copy still verifies the signatures
+    the policy requires. Returns how many pairs were written (none when the registry cannot say)."""
+    if "@sha256:" not in ref:
+        return 0
     try:
-        run.stream(argv.command(args), on_line, what=f"pulling {ref}")
-    except CommandError as e:
-        raise explained(e, f"pulling {ref}") from None
+        raw = run.run([*on_host(), "inspect", "--raw", f"docker://{ref}"], what=f"reading {ref}").stdout
+        config = run.run([*on_host(), "inspect", "--config", "--raw", f"docker://{ref}"], what=f"reading {ref}").stdout
+    except CommandError:
+        return 0  # the copy itself says what is wrong with the registry
+    pairs = declared_pairs(ref.rpartition("@")[2], raw, config)
+    if pairs:
+        with closing(sqlite3.connect(cache)) as db, db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS DigestUncompressedPairs("
+                "anyDigest TEXT PRIMARY KEY NOT NULL, uncompressedDigest TEXT NOT NULL)"
+            )
+            db.executemany("INSERT OR REPLACE INTO DigestUncompressedPairs VALUES (?, ?)", pairs)
+    return len(pairs)
+
+
+def declared_pairs(digest: str, manifest: str, config: str) -> list[tuple[str, str]]:
+    """(compressed blob, uncompressed layer) for each compressed layer of an image manifest whose own digest is
+    `digest` and whose configuration (`config`) it names; nothing for an index or text that does not match."""
+    if "sha256:" + hashlib.sha256(manifest.encode()).hexdigest() != digest:
+        return []
+    try:
+        parsed = json.loads(manifest)
+        layers = parsed["layers"]
+        named = parsed["config"]["digest"]
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if "sha256:" + hashlib.sha256(config.encode()).hexdigest() != named or len(diff_ids) != len(layers):
+        return []
+    return [
+        (layer["digest"], diff_id)
+        for layer, diff_id in zip(layers, diff_ids, strict=True)
+        if str(layer.get("mediaType", "")).endswith(_COMPRESSED) and layer["digest"] != diff_id
+    ]
 
 
 def push(image: str, ref: str, registries_d: Path, on_line: Callable[[str], None], signing: Signing | None) -> str:

@@ -169,8 +169,9 @@ def finish(found: Listing, state_dir: Path) -> Status:
 
 def _verified(d: Deployment, root: Path, machine: Path | None, repo: Path) -> Deployment:
     """A deployment that follows a published system, with what its /etc's policy requires of it (a deployment
-    staged on a running system has no /etc before it boots: the running one's is what it will merge); one that
-    follows an archive repository, with what the machine's remote for it requires."""
+    staged on a running system has only the image's defaults in its /etc until it is finalized at shutdown: the
+    running one's /etc is what it will merge); one that follows an archive repository, with what the machine's
+    remote for it requires."""
     if not d.source:
         return d
     if d.source.startswith("ostree+"):
@@ -179,7 +180,7 @@ def _verified(d: Deployment, root: Path, machine: Path | None, repo: Path) -> De
         name, verify, keyring = archive.verification(repo, d.source.rpartition("@")[0])
         required = trust.Requirement("gpgSigned", (keyring,)) if verify else trust.Requirement("insecureAcceptAnything")
         return dataclasses.replace(d, verification=Verification(f"ostree remote {name}", (required,)))
-    etc = root / "etc" if (root / "etc").is_dir() else machine
+    etc = root / "etc" if (root / "etc").is_dir() and not d.staged else machine
     if etc is None:
         return d
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,8 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.integration.registry import running_registry
 
 OS = Path(sys.executable).parent / "os"
-# A request in the registry's access log: method, path, status, bytes sent.
-_REQUEST = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
 SYSTEMFILE = """FROM localhost/arkes:base
 RUN echo published > /usr/share/arkes-published
 RUN post_build
@@ -45,21 +42,6 @@ def sh(*argv: str, env: dict[str, str] | None = None) -> str:
 
 def os_(sysroot: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return sh(str(OS), "--sysroot", str(sysroot), *args, env=env)
-
-
-def downloads(log: Path, start: int) -> dict[str, int]:
-    """Bytes the registry sent since offset `start` of its access log, by what they were: layers and
-    configurations (blobs), manifests, and other answers."""
-    found = {"blobs": 0, "manifests": 0, "other": 0, "requests": 0}
-    with open(log, "rb") as f:
-        f.seek(start)
-        text = f.read().decode(errors="replace")
-    for m in _REQUEST.finditer(text):
-        sent = int(m.group("bytes")) if m.group("bytes") != "-" else 0
-        found["requests"] += 1
-        kind = "blobs" if "/blobs/" in m.group("path") else "manifests" if "/manifests/" in m.group("path") else "other"
-        found[kind] += sent if m.group("method") == "GET" else 0
-    return found
 
 
 def manifest(ref: str, env: dict[str, str]) -> tuple[dict[str, object], int]:
@@ -117,11 +99,11 @@ def main() -> int:
             client_env = own_storage(tmp) | {"CONTAINERS_REGISTRIES_CONF": str(registry.registries_conf)}
             follower = tmp / "follower"
             sh("cp", "-a", "--reflink=auto", str(publisher), str(follower))
-            start = registry.log.stat().st_size
+            start = registry.mark()
             switched_at = time.perf_counter()
             os_(follower, "switch", ref, env=client_env)
             switch_s = time.perf_counter() - switched_at
-            switch = downloads(registry.log, start)
+            switch = registry.sent(start)
 
             print("one line changed and published ...", file=sys.stderr)
             deployed = json.loads(os_(publisher, "status", "--json", env=env))["deployments"][0]
@@ -139,11 +121,11 @@ def main() -> int:
             changed_bytes = sum(int(layer["size"]) for layer in changed)
             config_bytes = int(new["config"]["size"])  # type: ignore[index]
 
-            start = registry.log.stat().st_size
+            start = registry.mark()
             upgraded_at = time.perf_counter()
             os_(follower, "upgrade", env=client_env)
             upgrade_s = time.perf_counter() - upgraded_at
-            got = downloads(registry.log, start)
+            got = registry.sent(start)
             taken = json.loads(os_(follower, "status", "--json", env=env))["deployments"][0]
             assert taken["source"].endswith(second["digest"]), taken
             total = got["blobs"] + got["manifests"] + got["other"]

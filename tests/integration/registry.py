@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# A request in the access log: method, path, status, bytes sent.
+_REQUEST = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
 # A blob upload as the access log shows it: the request that completes an upload names the blob's digest.
 _UPLOADED = re.compile(
     r'"PUT /v2/(?P<name>[^ ]+)/blobs/uploads/[^ ?]+\?[^ ]*digest=(?P<digest>sha256(?::|%3A)[0-9a-f]{64})'
@@ -34,6 +36,38 @@ class Registry:
     @property
     def registries_conf(self) -> Path:
         return self.root / "registries.conf"
+
+    def mark(self) -> int:
+        """Where the access log ends now: what `sent` counts from."""
+        return self.log.stat().st_size
+
+    def sent(self, start: int) -> dict[str, int]:
+        """Bytes the registry sent since offset `start` of its access log, by what they were: layers and
+        configurations (blobs), manifests, and other answers; and how many requests it answered."""
+        found = {"blobs": 0, "manifests": 0, "other": 0, "requests": 0}
+        for method, path, sent in self.requests(start):
+            found["requests"] += 1
+            kind = "blobs" if "/blobs/" in path else "manifests" if "/manifests/" in path else "other"
+            found[kind] += sent if method == "GET" else 0
+        return found
+
+    def fetched_blobs(self, start: int) -> set[str]:
+        """The digests of the blobs (layers, configurations) sent since offset `start` of the access log."""
+        return {
+            path.rpartition("/")[2]
+            for method, path, _ in self.requests(start)
+            if method == "GET" and "/blobs/sha256:" in path
+        }
+
+    def requests(self, start: int) -> list[tuple[str, str, int]]:
+        """(method, path, bytes sent) of each request answered since offset `start` of the access log."""
+        with open(self.log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        return [
+            (m.group("method"), m.group("path"), int(m.group("bytes")) if m.group("bytes") != "-" else 0)
+            for m in _REQUEST.finditer(text)
+        ]
 
     def uploaded(self) -> list[str]:
         """The digests of every blob pushed so far, in order."""

@@ -165,8 +165,13 @@ def test_a_machine_follows_a_published_system_and_goes_back_to_its_own(
     repository = ref.rpartition(":")[0]
     first = json.loads(system.os("publish", ref, "--json").stdout)
     try:
+        start = registry.mark()
         switched = client.os("switch", ref)
         assert f"from {ref}" in switched.stderr, switched.stderr
+        # This host's container storage holds every layer already (the publisher built them): none is downloaded,
+        # though the pull has only the image's configuration to tell which compressed blob is which layer.
+        layers = set(skopeo_inspect(ref)["Layers"])
+        assert registry.fetched_blobs(start) and not registry.fetched_blobs(start) & layers
         followed, own = client.status()[:2]
         assert followed["source"] == f"{repository}@{first['digest']}" and own["source"] == ""
         assert followed["version"] == first["version"], "the publisher's version"

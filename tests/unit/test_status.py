@@ -102,3 +102,22 @@ def test_empty_status() -> None:
 def test_flags_are_shown(flag: str) -> None:
     text = status.render(status.Status("/x", (deployment(0, **{flag: True}),)))
     assert flag in text.splitlines()[0]
+
+
+def test_a_staged_deployment_is_verified_as_the_running_etc_says(tmp_path: Path) -> None:
+    """Staged on a running system, a deployment's /etc holds the image's defaults until shutdown merges the running
+    /etc into it: what the machine requires is what the running /etc says."""
+    defaults = {"default": [{"type": "insecureAcceptAnything"}]}
+    required = {
+        "default": [{"type": "insecureAcceptAnything"}],
+        "transports": {"docker": {"registry.example.com/fleet/system": [{"type": "sigstoreSigned", "keyPath": "/k"}]}},
+    }
+    staged_root, machine = tmp_path / "staged", tmp_path / "etc"
+    for etc, policy in ((staged_root / "etc", defaults), (machine, required)):
+        (etc / "containers").mkdir(parents=True)
+        (etc / "containers/policy.json").write_text(json.dumps(policy))
+    source = "registry.example.com/fleet/system@sha256:" + "9" * 64
+    staged = status._verified(deployment(0, source=source, staged=True), staged_root, machine, tmp_path)
+    assert staged.verification is not None and staged.verification.requirements[0].type == "sigstoreSigned"
+    booted = status._verified(deployment(0, source=source, booted=True), staged_root, machine, tmp_path)
+    assert booted.verification is not None and booted.verification.requirements[0].type == "insecureAcceptAnything"

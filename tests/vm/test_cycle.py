@@ -9,20 +9,28 @@ unlock is gone; in the guest go back to the image's own Systemfile (Debian's sta
 edit reached it, the menu lists both), `os rollback` → boot: the backports kernel again, `os rollback` → boot the
 previous entry from the menu and `os revert` → boot with UEFI: the reverted system by default; a hotfix unlock →
 boot: the hotfix persists. A blank disk fails at once with the console's last lines.
+
+A second machine installed from the same Systemfile makes host keys of its own, then follows a system published on
+this host (a registry on 127.0.0.1, reached through QEMU's forwarding), with its signature required: an unsigned
+image is refused, the signed one taken, downloading only the layers the machine does not hold → boot: it runs the
+published system; a newer one is published, `os checkupdates` finds it and `os upgrade` downloads only its change.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import OS
+from tests.integration.conftest import OS, System
+from tests.integration.registry import Registry, running_registry
 from tests.vm.conftest import guest, install_disk, last_json, report
 
 pytestmark = pytest.mark.vm
@@ -271,13 +279,196 @@ def test_h_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None
     assert leftover.stdout == "", "no QEMU process is left behind"
 
 
-def test_i_a_second_machine_from_the_same_image_makes_keys_of_its_own(tmp_path: Path) -> None:
-    second = tmp_path / "second.img"
+@dataclass
+class Fleet:
+    """A system published on this host, as a build machine publishes for a fleet."""
+
+    registry: Registry
+    publisher: System
+    key: Path
+    sign: list[str]
+    digests: dict[str, str]
+
+    @property
+    def repository(self) -> str:
+        return f"{self.registry.host}/fleet/system"
+
+    def publish(self, tag: str, *, signed: bool) -> str:
+        published = self.publisher.os("publish", f"{self.repository}:{tag}", *(self.sign if signed else []), "--json")
+        digest: str = json.loads(published.stdout)["digest"]
+        return digest
+
+    def get(self, what: str) -> dict[str, Any]:
+        url = f"http://{self.registry.host}/v2/fleet/system/{what}"
+        raw = subprocess.run(
+            ["curl", "-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        found: dict[str, Any] = json.loads(raw)
+        return found
+
+    def manifest(self, digest: str) -> dict[str, Any]:
+        return self.get(f"manifests/{digest}")
+
+    def made_from(self, digest: str, instruction: str) -> set[str]:
+        """The blobs of a published image that a machine built from the Systemfile without `instruction` lacks:
+        the layers of that instruction and of every one after it (as the image's history names them), and the
+        image's configuration."""
+        manifest = self.manifest(digest)
+        history = self.get(f"blobs/{manifest['config']['digest']}")["history"]
+        steps = [step.get("created_by", "") for step in history if not step.get("empty_layer")]
+        first = next(i for i, step in enumerate(steps) if instruction in step)
+        return {layer["digest"] for layer in manifest["layers"][first:]} | {manifest["config"]["digest"]}
+
+    def layers(self, digest: str) -> set[str]:
+        """The blobs of a published image: its layers and its configuration."""
+        manifest = self.manifest(digest)
+        return {layer["digest"] for layer in manifest["layers"]} | {manifest["config"]["digest"]}
+
+    def size(self, digest: str) -> int:
+        """The bytes of a published image's layers, as the registry holds them."""
+        return sum(int(layer["size"]) for layer in self.manifest(digest)["layers"])
+
+
+@pytest.fixture(scope="module")
+def fleet(disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The installed Systemfile with one line more, published signed as :stable; the same with a second line,
+    published unsigned as :unsigned."""
+    root = tmp_path_factory.mktemp("fleet")
+    with running_registry(root / "registry") as registry:
+        previous = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+        os.environ["CONTAINERS_REGISTRIES_CONF"] = str(registry.registries_conf)
+        publisher = System(root / "sysroot")
+        try:
+            source = root / "source"
+            source.mkdir()
+            line = "RUN echo v1 > /usr/share/arkes-fleet\nRUN post_build"
+            (source / "Systemfile").write_text(SOURCES[0].read_text().replace("RUN post_build", line))
+            publisher.os("install", "--systemfile", str(source / "Systemfile"))
+            passphrase = root / "passphrase"
+            passphrase.write_text("fleet of one\n")
+            publisher.os("keygen", str(root / "fleet"), "--passphrase-file", str(passphrase))
+            sign = ["--sign-by", str(root / "fleet.private"), "--sign-passphrase-file", str(passphrase)]
+            found = Fleet(registry, publisher, root / "fleet.pub", sign, {})
+            found.digests["v1"] = found.publish("stable", signed=True)
+            publisher.add_line("RUN echo v2 > /usr/share/arkes-fleet-2")
+            publisher.os("upgrade")
+            found.digests["v2"] = found.publish("unsigned", signed=False)
+            yield found
+        finally:
+            if previous is None:
+                os.environ.pop("CONTAINERS_REGISTRIES_CONF", None)
+            else:
+                os.environ["CONTAINERS_REGISTRIES_CONF"] = previous
+            for tag in ("stable", "unsigned"):
+                subprocess.run(["podman", "rmi", "-i", f"{registry.host}/fleet/system:{tag}"], capture_output=True)
+            subprocess.run(["chattr", "-R", "-i", str(publisher.path)], check=False, capture_output=True)
+            subprocess.run(["rm", "-rf", str(publisher.path)], check=False)
+
+
+# The machine reaches the registry on this host at 10.0.2.2 (QEMU's forwarding to the host's loopback) and names
+# it as the publisher did, 127.0.0.1:PORT, the name its signatures are for: a socket unit forwards that address,
+# and registries.conf declares it plain HTTP. Then it asks to follow the unsigned image, and the signed one.
+FOLLOW = r"""
+cat > /etc/systemd/system/fleet-registry.socket <<'UNIT'
+[Socket]
+ListenStream=127.0.0.1:{port}
+[Install]
+WantedBy=sockets.target
+UNIT
+cat > /etc/systemd/system/fleet-registry.service <<'UNIT'
+[Service]
+ExecStart=/usr/lib/systemd/systemd-socket-proxyd 10.0.2.2:{port}
+UNIT
+systemctl daemon-reload && systemctl enable --now fleet-registry.socket
+printf '[[registry]]
+location = "127.0.0.1:{port}"
+insecure = true
+' > /etc/containers/registries.conf.d/50-fleet.conf
+cat > /root/fleet.pub <<'KEY'
+{key}KEY
+os switch {repository}:unsigned --require-signed /root/fleet.pub 2>/root/refused; fact unsigned_exit $?
+fact unsigned_why "$(grep -c 'not signed, and this machine requires a signature' /root/refused)"
+fact after_refusal "$(os status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["deployments"]))')"
+os switch {repository}:stable --require-signed /root/fleet.pub 2>/root/switch; fact switch_exit $?
+fact switch_log "$(tail -n 3 /root/switch | tr '
+' ' ')"
+fact requires "$(os status | grep -c 'requires .*sigstore signature by /etc/pki/containers/')"
+fact switched "$(os status --json | tr -d '
+')"
+"""
+
+# The next boot: the published system runs; the publisher has signed a newer one meanwhile.
+UPDATE = r"""
+fact fleet "$(cat /usr/share/arkes-fleet 2>/dev/null || echo absent)"
+os checkupdates --json > /root/check.json 2>/root/check.err; fact check_exit $?
+fact check "$(tr -d '
+' < /root/check.json)"
+os upgrade 2>/root/upgrade; fact upgrade_exit $?
+fact upgrade_log "$(tail -n 3 /root/upgrade | tr '
+' ' ')"
+fact upgraded "$(os status --json | tr -d '
+')"
+"""
+
+FLEET: dict[str, Path] = {}  # the second machine's disk, kept for the boot after it followed the published system
+
+
+def test_i_a_second_machine_makes_keys_of_its_own_and_follows_a_signed_published_system(
+    tmp_path_factory: pytest.TempPathFactory, fleet: Fleet, request: pytest.FixtureRequest
+) -> None:
+    second = tmp_path_factory.mktemp("second") / "second.img"
     install_disk(second, SOURCES[0])
-    try:
-        found = facts(second, "second machine")
-    finally:
-        second.unlink()
+    FLEET["disk"] = second
+    script = FOLLOW.format(port=fleet.registry.port, key=fleet.key.read_text(), repository=fleet.repository)
+    start = fleet.registry.mark()
+    found = facts(second, "second machine follows", then=script)
     assert found["hostkeys"].count("SHA256:") == 3 and found["ssh"] == "active"
     assert found["hostkeys"] != HOST_KEYS["first"], "two machines from one image never share a host key"
     assert not set(found["hostkeys"].split(",")) & set(HOST_KEYS["first"].split(","))
+
+    assert found["unsigned_exit"] == "1" and found["unsigned_why"] == "1", "an unsigned system is refused"
+    assert found["after_refusal"] == "1", "nothing was deployed"
+    assert found["switch_exit"] == "0", found["switch_log"]
+    followed, own = json.loads(found["switched"])["deployments"]
+    assert followed["staged"] and own["booted"]
+    assert followed["source"] == f"{fleet.repository}@{fleet.digests['v1']}"
+    assert followed["verification"]["requirements"][0]["type"] == "sigstoreSigned"
+    assert found["requires"] == "1", "os status shows what the machine requires"
+    # The machine holds every layer of the system it was installed with: only the layers of the published line
+    # and of what follows it travel (post_build's among them: it made a new initramfs for the backports kernel).
+    # (Besides layers, a pull reads configurations and signatures: small blobs.)
+    sent, fetched = fleet.registry.sent(start), fleet.registry.fetched_blobs(start) & fleet.layers(fleet.digests["v1"])
+    lacking = fleet.made_from(fleet.digests["v1"], "echo v1")
+    assert fetched and fetched <= lacking, f"only the layers the machine lacks: {fetched - lacking} too"
+    whole = fleet.size(fleet.digests["v1"])
+    report(request, f"fleet: the switch downloaded {sent['blobs']} bytes of blobs of an image of {whole} bytes")
+
+
+def test_j_the_follower_learns_of_a_newer_system_and_takes_only_its_change(
+    fleet: Fleet, request: pytest.FixtureRequest
+) -> None:
+    second = FLEET["disk"]
+    try:
+        v2 = fleet.publish("stable", signed=True)
+        assert v2 == fleet.digests["v2"], "the same image, now signed"
+        start = fleet.registry.mark()
+        found = facts(second, "second machine upgrades", then=UPDATE)
+    finally:
+        second.unlink()
+    assert found["fleet"] == "v1", "the published system runs"
+    (booted,) = [d for d in found["deployments"] if d["booted"]]
+    assert booted["source"] == f"{fleet.repository}@{fleet.digests['v1']}"
+    assert found["check_exit"] == "0", "an update is there"
+    (finding,) = json.loads(found["check"])["updates"]
+    assert (finding["kind"], finding["old"], finding["new"]) == ("published", fleet.digests["v1"], v2)
+    assert found["upgrade_exit"] == "0", found["upgrade_log"]
+    upgraded = json.loads(found["upgraded"])["deployments"]
+    assert upgraded[0]["staged"] and upgraded[0]["source"] == f"{fleet.repository}@{v2}"
+    fetched = fleet.registry.fetched_blobs(start) & fleet.layers(v2)
+    new = fleet.layers(v2) - fleet.layers(fleet.digests["v1"])
+    assert fetched and fetched <= new, f"only the layers v1 lacks: {fetched - new} too"
+    whole = fleet.size(v2)
+    report(request, f"fleet: the upgrade downloaded {fleet.registry.sent(start)['blobs']} bytes of an image of {whole}")
