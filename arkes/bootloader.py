@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import log, run
-from arkes.errors import CommandError, ToolMissingError
+from arkes import boots, health, log, run
+from arkes.errors import CommandError, ToolMissingError, UsageError
+from arkes.health import Trial
 
 if TYPE_CHECKING:
     from arkes.ostree import Sysroot
@@ -43,6 +44,9 @@ class MenuEntry:
     linux: str
     initrd: str
     options: str
+    id: str = ""  # the deployment's CHECKSUM.SERIAL
+    checksum: str = ""
+    booted: bool = False
 
 
 def _quote(word: str) -> str:
@@ -50,8 +54,9 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def render_menu(entries: list[MenuEntry], timeout: int = TIMEOUT) -> str:
-    """The whole grub.cfg: the serial console, then one entry per deployment in boot order, the first the default."""
+def render_menu(entries: list[MenuEntry], timeout: int = TIMEOUT, trial: Trial | None = None) -> str:
+    """The whole grub.cfg: the serial console, the counting of the tries of a default on `trial`, then one entry
+    per deployment in boot order, the first the default."""
     lines = [
         "# Written by `os` from the system's deployments, newest first; regenerated on every change.",
         "serial --unit=0 --speed=115200",
@@ -63,6 +68,7 @@ def render_menu(entries: list[MenuEntry], timeout: int = TIMEOUT) -> str:
         "insmod part_gpt",
         "insmod ext2",
         "",
+        *health.menu_preamble(trial),
     ]
     for index, entry in enumerate(entries):
         options = " ".join(_quote(o) if any(c in o for c in " ;$'\"\\{}|&<>") else o for o in entry.options.split())
@@ -93,9 +99,23 @@ def entries(sysroot: Sysroot) -> list[MenuEntry]:
                 linux=boot.linux,
                 initrd=boot.initrd,
                 options=boot.options,
+                id=f"{deployment.checksum}.{deployment.serial}",
+                checksum=deployment.checksum,
+                booted=deployment.same(sysroot.booted),
             )
         )
     return result
+
+
+def trial(sysroot: Sysroot, listed: list[MenuEntry], env: dict[str, str]) -> Trial | None:
+    """Whether the menu's default is on trial (see arkes.health), as this machine's /etc/system/boot.conf says."""
+    from arkes.target import STATE_DIR, machine_etc, var_dir
+
+    default = sysroot.default()
+    etc = machine_etc(sysroot.path, sysroot.deployment_dir(default) if default is not None else None)
+    tries = health.settings(etc).tries
+    kept = boots.records(var_dir(sysroot.path) / STATE_DIR)
+    return health.trial_for([(e.id, e.checksum, e.booted) for e in listed], env, kept, tries)
 
 
 def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
@@ -125,7 +145,15 @@ def write_menu(sysroot: Sysroot) -> bool:
     path = sysroot.path / "boot" / MENU
     if not path.parent.is_dir():
         return False
-    atomic_write(path, render_menu(entries(sysroot)))
+    listed = entries(sysroot)
+    try:
+        on_trial = trial(sysroot, listed, boots.read_env(sysroot.path / "boot" / boots.ENV))
+    except UsageError as e:
+        log.warn(f"{e.message}; the new default boots without counted tries")
+        on_trial = None
+    # The tries first: a menu that counts them finds them.
+    health.write_trial(sysroot.path / "boot", on_trial)
+    atomic_write(path, render_menu(listed, trial=on_trial))
     log.debug(f"wrote {path}")
     return True
 

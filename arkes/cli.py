@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import posixpath
@@ -172,7 +173,7 @@ def cli_build(args: argparse.Namespace) -> int:
 
 
 def cli_upgrade(args: argparse.Namespace) -> int:
-    from arkes import deploy, results
+    from arkes import deploy, inhibit, results
 
     if args.check:
         return cli_checkupdates(args)
@@ -184,14 +185,17 @@ def cli_upgrade(args: argparse.Namespace) -> int:
         if policy == "check":
             return cli_checkupdates(args)
     target = open_target(args, writes=True)
-    outcome = deploy.upgrade(
-        target,
-        deploy=not args.download_only,
-        package_updates=not args.no_package_updates,
-        secrets=_secrets_arg(args),
-        allow_secrets=_allowed_secrets_arg(args),
-        ignore_rollout=args.ignore_rollout,
-    )
+    if args.force:
+        target = dataclasses.replace(target, redeploy_failed=True)
+    with inhibit.holding("upgrading the system (os upgrade)"):
+        outcome = deploy.upgrade(
+            target,
+            deploy=not args.download_only,
+            package_updates=not args.no_package_updates,
+            secrets=_secrets_arg(args),
+            allow_secrets=_allowed_secrets_arg(args),
+            ignore_rollout=args.ignore_rollout,
+        )
     if outcome.deployed:
         statuscache.refresh(target.path)
     show(args, results.Upgraded(**_outcome_fields(outcome), download_only=args.download_only))
@@ -262,6 +266,34 @@ def cli_boot_menu(args: argparse.Namespace) -> int:
 
     deploy.boot_menu(open_target(args).sysroot)
     return 0
+
+
+def cli_health(args: argparse.Namespace) -> int:
+    from arkes import health
+
+    target = _running(args, "os health")
+    assert target.sysroot.booted is not None and target.etc is not None
+    config = health.settings(target.etc)
+    result = health.run_checks(target.etc, target.sysroot.booted.checksum, config)
+    health.keep_last(target.state_dir, result)
+    show(args, result)
+    return 0 if result.good else 1
+
+
+def cli_boot_check(args: argparse.Namespace) -> int:
+    from arkes import health
+
+    result = health.boot_check(_running(args, "os boot-check", writes=True), reboot=not args.no_reboot)
+    statuscache.refresh(Path("/"))
+    show(args, result)
+    return 0 if result.health.good else 1
+
+
+def _running(args: argparse.Namespace, command: str, *, writes: bool = False) -> Target:
+    """The running system, for a command that checks it (and nothing else)."""
+    if not is_booted_root(Path("/")) or (args.sysroot or os.environ.get("ARKES_SYSROOT")):
+        raise UsageError(f"`{command}` checks the running system: boot it first")
+    return Target.open(Path("/"), writes=writes)
 
 
 def cli_etc_merge(args: argparse.Namespace) -> int:
@@ -402,7 +434,7 @@ def cli_keygen(args: argparse.Namespace) -> int:
 
 
 def cli_switch(args: argparse.Namespace) -> int:
-    from arkes import deploy, follow, results
+    from arkes import deploy, follow, inhibit, results
 
     if not args.local and not args.reference:
         raise UsageError("give the REFERENCE to follow, or --local for this machine's Systemfile")
@@ -410,9 +442,10 @@ def cli_switch(args: argparse.Namespace) -> int:
         raise UsageError("--require-signed goes with a REFERENCE to follow, not with --local")
     target = open_target(args, writes=True)
     if args.local:
-        outcome = deploy.upgrade(target, deploy=True, local=True, allow_secrets=_allowed_secrets_arg(args))
+        with inhibit.holding("switching the system (os switch)"):
+            outcome = deploy.upgrade(target, deploy=True, local=True, allow_secrets=_allowed_secrets_arg(args))
     else:
-        with target.sysroot.lock():
+        with target.sysroot.lock(), inhibit.holding("switching the system (os switch)"):
             target.sysroot.reload()
             outcome = follow.upgrade(
                 target,
@@ -452,6 +485,7 @@ def cli_vm(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         boot_entry=args.boot_entry,
         console_log=Path(args.console_log).absolute() if args.console_log else None,
+        reboots=args.reboots,
     )
     if args.exec is None:
         if args.boot_entry is not None:
@@ -594,6 +628,11 @@ VERBS: tuple[Verb, ...] = (
             ),
             opt("--reboot", action="store_true", help="reboot into the new deployment when it is ready"),
             opt(
+                "--force",
+                action="store_true",
+                help="deploy the new system even when its commit already failed a boot on this machine",
+            ),
+            opt(
                 "--ignore-rollout",
                 action="store_true",
                 help="on a machine that follows a published system: take it even when its rollout has not "
@@ -660,6 +699,28 @@ VERBS: tuple[Verb, ...] = (
         "regenerate the boot menu from the deployments",
         "Write /boot/grub/grub.cfg again from the deployments (atomically). Every change of the\n"
         "deployments does this itself; the system also runs it at shutdown after a staged upgrade.",
+    ),
+    Verb(
+        "health",
+        cli_health,
+        "run the health checks of the running system now",
+        "Run what decides whether a boot is good: no unit named in /etc/system/boot.conf's\n"
+        "required-units has failed, and every executable in /usr/lib/arkes/health.d and\n"
+        "/etc/system/health.d exits 0 within check-timeout seconds (one of /etc replaces the image's of\n"
+        "the same name). Shows each check and the last lines of a failed one; keeps the result for\n"
+        "`os status`. Exit 0 when healthy, 1 when not. Changes no deployment.",
+        (JSON_OPTION,),
+    ),
+    Verb(
+        "boot-check",
+        cli_boot_check,
+        "prove this boot good, or go back to the previous deployment",
+        "What runs after every boot (arkes-boot-check.service): when the boot loader started the\n"
+        "previous deployment because the newest used up its tries, that one is marked failed and the\n"
+        "running one becomes the default again. Then the health checks run (as `os health`): a good\n"
+        "result ends the running deployment's trial; a bad one, on a deployment on trial, marks it failed,\n"
+        "makes the previous deployment the default and reboots into it (once: that one is on no trial).",
+        (JSON_OPTION, opt("--no-reboot", action="store_true", help="make the previous the default, but do not reboot")),
     ),
     Verb(
         "etc-merge",
@@ -820,6 +881,15 @@ VERBS: tuple[Verb, ...] = (
             opt("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)"),
             opt("--timeout", type=float, default=300, metavar="S", help="seconds to reach multi-user (default: 300)"),
             opt("--console-log", metavar="FILE", help="with --exec: also write all the serial console shows to FILE"),
+            opt(
+                "--reboots",
+                type=int,
+                default=0,
+                metavar="N",
+                help="with --exec: the guest is to reboot by itself N times first (a panic with panic=, a boot check "
+                "that goes back to the previous deployment); their panics are expected, the last boot's are not, and "
+                "--timeout covers them all",
+            ),
         ),
     ),
     Verb(

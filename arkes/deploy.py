@@ -12,7 +12,22 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arkes import bootloader, build, builder, du, etc, identity, images, layers, log, packages, podman, preflight, run
+from arkes import (
+    bootloader,
+    boots,
+    build,
+    builder,
+    du,
+    etc,
+    identity,
+    images,
+    layers,
+    log,
+    packages,
+    podman,
+    preflight,
+    run,
+)
 from arkes.errors import UsageError
 from arkes.names import BUILD_REF
 from arkes.records import Metadata
@@ -268,6 +283,12 @@ def before_deploy(target: Target, checksum: str) -> None:
     """What is checked and said before the commit `checksum` is deployed on `target`: room and /etc (pre-flight),
     the machine's identity and users kept, the files under /var the new system seeds but finds there."""
     sysroot = target.sysroot
+    failed = boots.failed_before(target.state_dir, checksum, sysroot.commit(checksum).metadata.input_hash)
+    if failed is not None and not target.redeploy_failed:
+        raise UsageError(
+            f"this system ({checksum[:12]}) failed a boot on this machine on {failed.at}: {failed.reason}",
+            hint="change what failed and upgrade again, or deploy it once more with `os upgrade --force`",
+        )
     machine_etc = target.system_etc
     merge = sysroot.merge_deployment()
     if merge is not None:

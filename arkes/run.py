@@ -36,6 +36,7 @@ PACKAGES = {
     "du": "coreutils",
     "grub-mkimage": "grub-common",
     "ionice": "util-linux",
+    "journalctl": "systemd",
     "losetup": "mount",
     "mcopy": "mtools",
     "mkfs.ext4": "e2fsprogs",
@@ -56,6 +57,7 @@ PACKAGES = {
     "ssh-keygen": "openssh-client",
     "systemctl": "systemd",
     "umount": "mount",
+    "unshare": "util-linux",
     "zstd": "zstd",
 }
 

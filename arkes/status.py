@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from arkes import model, trust
+from arkes import boots, model, trust
 from arkes.errors import UsageError
 from arkes.names import ORIGIN_DIGEST, ORIGIN_SOURCE
 from arkes.target import UPDATE_CHECK, machine_etc
@@ -46,10 +46,44 @@ class Deployment:
     source: str = ""  # REFERENCE@DIGEST of the published system it came from; "" for the machine's Systemfile
     # What its /etc/containers/policy.json requires of the images of its source (see arkes.trust); None without one.
     verification: Verification | None = None
+    # What its boots showed (see arkes.health): good, failed and why, or on trial; None before its first check.
+    boot: Boot | None = None
+
+
+@dataclass(frozen=True)
+class Boot:
+    state: str  # good, failed, or trial (its tries are counted by the boot loader)
+    at: str = ""
+    reason: str = ""
+    output: tuple[str, ...] = ()
+    tries_left: int | None = None  # of a deployment on trial
+
+    def describe(self) -> str:
+        if self.state == "trial":
+            return f"on trial: {self.tries_left} boot tries left until one is proven good"
+        if self.state == "good":
+            return f"good (proven {self.at})"
+        return f"FAILED {self.at}: {self.reason}"
 
 
 # The fields of a deployment that `finish` reads each time, not kept with the listing.
-FINISHED = frozenset({"verification"})
+FINISHED = frozenset({"verification", "boot"})
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """An upgrade running on this machine now, which holds off shutdown (see arkes.inhibit)."""
+
+    pid: int
+    since: str
+    what: str
+
+
+@dataclass(frozen=True)
+class LastHealth:
+    checked_at: str
+    good: bool
+    checksum: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,8 @@ class Status(model.Result):
     last_update_check: LastCheck | None = None
     # The machine's identity files that came from an image, so other machines share them (see arkes.identity).
     identity_from_image: tuple[str, ...] = ()
+    last_health_check: LastHealth | None = None
+    upgrade_in_progress: InProgress | None = None
 
     def to_json(self) -> model.JSON:
         return to_json(self)
@@ -164,7 +200,33 @@ def finish(found: Listing, state_dir: Path) -> Status:
     deployments = tuple(
         _verified(d, root, found.etc, repo) for d, root in zip(found.deployments, found.roots, strict=True)
     )
-    return Status(found.sysroot, deployments, last, tuple(shared))
+    deployments = _boots(deployments, Path(found.sysroot), state_dir)
+    health_check = None
+    if isinstance(checked := boots.last(state_dir), dict):
+        health_check = LastHealth(str(checked.get("at", "")), bool(checked.get("good")), str(checked.get("checksum")))
+    running = None
+    if found.sysroot == "/":
+        from arkes import inhibit
+
+        if (note := inhibit.in_progress()) is not None:
+            running = InProgress(int(str(note.get("pid"))), str(note.get("since", "")), str(note.get("what", "")))
+    return Status(found.sysroot, deployments, last, tuple(shared), health_check, running)
+
+
+def _boots(deployments: tuple[Deployment, ...], sysroot: Path, state_dir: Path) -> tuple[Deployment, ...]:
+    """Each deployment with what its boots showed, and the one on trial with the tries the boot loader left it."""
+    kept = boots.records(state_dir)
+    env = boots.read_env(sysroot / "boot" / boots.ENV)
+    result = []
+    for d in deployments:
+        boot = None
+        if (found := kept.get(d.checksum)) is not None:
+            boot = Boot(found.state, found.at, found.reason, found.output)
+        if env.get(boots.TRIAL) == f"{d.checksum}.{d.serial}" and d.default and not d.staged:
+            left = env.get(boots.TRIES, "0")
+            boot = Boot("trial", tries_left=int(left) if left.isdigit() else 0)
+        result.append(dataclasses.replace(d, boot=boot) if boot is not None else d)
+    return tuple(result)
 
 
 def _verified(d: Deployment, root: Path, machine: Path | None, repo: Path) -> Deployment:
@@ -194,6 +256,10 @@ def to_json(status: Status) -> model.JSON:
     data = model.document("Status", status)
     if status.last_update_check is None:
         del data["lastUpdateCheck"]
+    if status.last_health_check is None:
+        del data["lastHealthCheck"]
+    if status.upgrade_in_progress is None:
+        del data["upgradeInProgress"]
     return data
 
 
@@ -228,6 +294,9 @@ def render(status: Status) -> str:
         lines.append(f"     source      {d.source or 'the Systemfile in /etc/system'}")
         if d.verification is not None:
             lines.append(f"     requires    {d.verification.describe()}")
+        if d.boot is not None:
+            lines.append(f"     boot        {d.boot.describe()}")
+            lines += [f"                 | {line}" for line in d.boot.output]
         lines.append(f"     packages    {d.packages}")
         lines.append(f"     kernel      {d.kernel or '-'}")
         lines.append(f"     kargs       {' '.join(d.kargs) or '-'}")
@@ -237,5 +306,14 @@ def render(status: Status) -> str:
         found = f"{c.updates} update(s) available" if c.updates else "no updates"
         errors = f", {c.errors} error(s)" if c.errors else ""
         lines.append(f"Last update check: {c.checked_at}: {found}{errors} (`os checkupdates` for details)")
+        lines.append("")
+    if status.upgrade_in_progress is not None:
+        u = status.upgrade_in_progress
+        lines.append(f"In progress: {u.what}, process {u.pid} since {u.since}; shutdown and reboot wait for it")
+        lines.append("")
+    if status.last_health_check is not None:
+        h = status.last_health_check
+        verdict = "healthy" if h.good else "UNHEALTHY"
+        lines.append(f"Last health check: {h.checked_at}: {h.checksum[:12]} {verdict} (`os health` for details)")
         lines.append("")
     return "\n".join(lines)

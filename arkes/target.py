@@ -76,6 +76,7 @@ class Target:
     var: Path
     kargs: tuple[str, ...]
     given_systemfile: Path | None = None
+    redeploy_failed: bool = False  # deploy a commit even when it failed a boot here (`os upgrade --force`)
 
     @classmethod
     def open(cls, path: Path, *, writes: bool = False, systemfile: Path | None = None) -> Target:

@@ -45,6 +45,8 @@ PANIC_MARKERS = (
 )
 # GRUB's help line under the menu (ASCII, whatever the terminal makes of the titles).
 MENU_MARKER = "keys to select"
+# The kernel's first line: a boot got past the menu.
+KERNEL_MARKER = "Linux version"
 DOWN = b"\x1b[B"
 
 
@@ -57,6 +59,9 @@ class Config:
     timeout: float = 300.0
     boot_entry: int | None = None
     console_log: Path | None = None
+    # Boots that end by themselves before the one that runs the command: a kernel that panics (and reboots, with
+    # panic=N), a boot check that goes back to the previous deployment. Their panics are expected.
+    reboots: int = 0
 
 
 def kvm_usable() -> bool:
@@ -144,10 +149,15 @@ def attach(config: Config) -> int:
 class Console:
     """Reads the serial console in a thread: keeps the last lines, notices panics, answers the boot menu."""
 
-    def __init__(self, sock: socket.socket, log_path: Path, boot_entry: int | None) -> None:
+    def __init__(self, sock: socket.socket, log_path: Path, boot_entry: int | None, reboots: int = 0) -> None:
         self.sock = sock
         self.lines: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL)
         self.panic: str | None = None
+        self.boots = 0  # how many times the boot menu came up: one per boot
+        self.reboots = reboots
+        self.expected_panics: list[str] = []
+        self._pending = b""  # the start of a line not complete yet
+        self._kernel_started = False
         self.closed = threading.Event()
         self._boot_entry = boot_entry
         self._menu_answered = boot_entry is None
@@ -156,8 +166,8 @@ class Console:
         self._thread.start()
 
     def _read(self) -> None:
-        pending = b""
-        seen = b""
+        marker = MENU_MARKER.encode()
+        tail = b""  # the end of what came before, where a menu marker may have begun
         try:
             while True:
                 data = self.sock.recv(4096)
@@ -165,23 +175,46 @@ class Console:
                     break
                 self._log.write(data)
                 self._log.flush()
-                if not self._menu_answered:
-                    seen = (seen + data)[-4096:]
-                    if MENU_MARKER.encode() in seen:
-                        self._answer_menu()
-                pending += data
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    line = raw.decode("utf-8", "replace").replace("\r", "").rstrip()
-                    self.lines.append(line)
-                    log.debug(f"console: {line}")
-                    if self.panic is None and any(m in line for m in PANIC_MARKERS):
-                        self.panic = line
+                # In order: what each boot printed is judged with that boot's number.
+                while (found := (tail + data).find(marker)) != -1:
+                    end = found + len(marker) - len(tail)
+                    self._lines(data[:end])
+                    self._new_boot()
+                    tail, data = b"", data[end:]
+                self._lines(data)
+                tail = (tail + data)[-(len(marker) - 1) :]
         except OSError:
             pass
         finally:
             self._log.close()
             self.closed.set()
+
+    def _new_boot(self) -> None:
+        # GRUB draws its menu more than once (for each terminal it writes to): it is a new boot when a kernel
+        # started since the menu last counted.
+        if self.boots and not self._kernel_started:
+            return
+        self._kernel_started = False
+        self.boots += 1
+        if self.boots > 1:
+            log.info(f"the guest booted again (boot {self.boots})")
+        if not self._menu_answered:
+            self._answer_menu()
+
+    def _lines(self, data: bytes) -> None:
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace").replace("\r", "").rstrip()
+            self.lines.append(line)
+            log.debug(f"console: {line}")
+            if KERNEL_MARKER in line:
+                self._kernel_started = True
+            if self.panic is None and any(m in line for m in PANIC_MARKERS):
+                if self.boots <= self.reboots:
+                    self.expected_panics.append(line)  # this boot is to end by itself
+                else:
+                    self.panic = line
 
     def _answer_menu(self) -> None:
         """Choose entry N as a person would: N times the down arrow, then Enter."""
@@ -314,7 +347,7 @@ class Guest:
                     raise ArkesError(f"QEMU did not start:\n{run.tail((self.work / 'qemu.log').read_text())}") from None
                 time.sleep(0.1)
         log_path = self.config.console_log or self.work / "console.log"
-        self.console = Console(sock, log_path, self.config.boot_entry)
+        self.console = Console(sock, log_path, self.config.boot_entry, self.config.reboots)
 
     def _failure(self, message: str) -> ArkesError:
         tail = self.console.tail() if self.console else ""
@@ -331,6 +364,16 @@ class Guest:
         """Wait until the agent answers and systemd has finished booting; return the seconds it took."""
         start = time.monotonic()
         deadline = start + self.config.timeout
+        assert self.console is not None
+        while self.console.boots <= self.config.reboots:
+            # The boots before the last end by themselves; the agent of one of them is no use.
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise self._failure(
+                    f"the guest booted {self.console.boots} time(s) within {self.config.timeout:.0f}s, not the "
+                    f"{self.config.reboots + 1} expected"
+                )
+            time.sleep(0.5)
         while True:
             self._check_alive()
             if time.monotonic() > deadline:
@@ -411,7 +454,13 @@ def execute(config: Config, command: str) -> ExecResult:
     with guest(config) as g, log.step("boot") as progress:
         progress.update(None, f"{'UEFI' if config.uefi else 'BIOS'}, {'KVM' if kvm_usable() else 'TCG'}")
         seconds = g.wait_ready()
-        log.info(f"the guest reached multi-user in {seconds:.1f}s")
+        assert g.console is not None
+        boots = f" after {g.console.boots} boots" if g.console.boots > 1 else ""
+        log.info(f"the guest reached multi-user in {seconds:.1f}s{boots}")
+        for line in g.console.expected_panics:
+            log.info(f"an earlier boot ended as expected: {line.strip()}")
         result = g.exec(command)
+        if g.console.boots > config.reboots + 1:
+            raise g._failure(f"the guest booted {g.console.boots} times, not the {config.reboots + 1} expected")
         g.poweroff()
         return result

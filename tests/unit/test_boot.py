@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,23 @@ def test_root_password_is_hashed_into_shadow(tmp_path: Path) -> None:
     assert again.stdout.strip() == fields[1]
     diskimage._set_root_password(tmp_path, None)
     assert shadow.read_text().splitlines()[0] == "root::19000:0:99999:7:::"
+
+
+def test_the_console_counts_boots_and_expects_the_panics_of_those_before_the_last(tmp_path: Path) -> None:
+    """A guest told to reboot twice by itself: the panics of its first two boots are expected, one of the third
+    is a failure."""
+    ours, guests = socket.socketpair()
+    console = vm.Console(ours, tmp_path / "console.log", None, reboots=2)
+    menu = b"GNU GRUB  Use the arrow keys to select which entry is highlighted.\r\n"
+    boot = menu + menu + b"[    0.000000] Linux version 6.12.57+deb13-amd64\r\n"  # drawn twice, as GRUB does
+    panic = b"[    9.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n"
+    guests.sendall(boot + panic + boot + panic + boot + b"Welcome\r\n")
+    deadline = time.monotonic() + 10
+    while console.boots < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert console.boots == 3 and console.panic is None and len(console.expected_panics) == 2
+    guests.sendall(panic)
+    guests.close()
+    console.closed.wait(timeout=10)
+    assert console.panic is not None and "Attempted to kill init" in console.panic

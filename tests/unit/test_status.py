@@ -46,13 +46,27 @@ MODEL = status.Status(
         deployment(
             0,
             source="registry.example.com/fleet/system@sha256:" + "9" * 64,
+            boot=status.Boot("trial", tries_left=2),
             verification=trust.Verification(
                 "registry.example.com/fleet",
                 (trust.Requirement("sigstoreSigned", ("/etc/pki/containers/fleet.pub",)),),
             ),
         ),
-        deployment(1, booted=True, pinned=True, unlocked="hotfix"),
+        deployment(
+            1,
+            booted=True,
+            pinned=True,
+            unlocked="hotfix",
+            boot=status.Boot(
+                "failed",
+                "2026-11-29T05:00:00+00:00",
+                "health check 50-web failed (exit 7)",
+                ("curl: (7) Failed to connect to 127.0.0.1 port 80",),
+            ),
+        ),
     ),
+    last_health_check=status.LastHealth("2026-11-29T05:01:00+00:00", True, "1" * 64),
+    upgrade_in_progress=status.InProgress(4242, "2026-11-29T05:02:00+00:00", "upgrading the system (os upgrade)"),
 )
 
 

@@ -27,6 +27,12 @@ def install_disk(path: Path, systemfile: Path | None = None) -> subprocess.Compl
 ATTEMPTS = 3
 
 
+def discard_disk(path: Path) -> None:
+    """Remove a disk image in the background: this machine's file system discards freed blocks as it frees them,
+    which takes a minute for a disk of a few GiB, and nothing waits for it."""
+    subprocess.Popen(["rm", "-f", str(path)], start_new_session=True, stdin=subprocess.DEVNULL)
+
+
 def guest(disk: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Boot the disk, run `script` as root in the guest, power off; the command must succeed. The whole console of
     each boot is kept beside the disk (console-N.log) for reading after a failure."""

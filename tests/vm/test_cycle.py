@@ -31,7 +31,7 @@ import pytest
 
 from tests.integration.conftest import OS, System
 from tests.integration.registry import Registry, running_registry
-from tests.vm.conftest import guest, install_disk, last_json, report
+from tests.vm.conftest import discard_disk, guest, install_disk, last_json, report
 
 pytestmark = pytest.mark.vm
 
@@ -61,6 +61,7 @@ fact links "$(stat -c %h /usr/bin/bash)"
 fact hostkeys "$(for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf "$k" | cut -d' ' -f2; done | paste -sd,)"
 fact ssh "$(systemctl is-active ssh.service)"
 fact kernel_package "$(dpkg-query -W -f '${Version}' "linux-image-$(uname -r)")"
+fact trial "$(grep -c '^arkes_trial=' /boot/grub/grubenv 2>/dev/null)"
 fact status "$(os status --json | tr -d '\n')"
 """
 
@@ -137,7 +138,7 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     used = int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
     report(request, "\nvm cycle timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
     report(request, f"disk image: {used / 1024**3:.2f} GiB used after the cycle")
-    path.unlink()
+    discard_disk(path)
 
 
 def boot(disk: Path, command: str, name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -175,6 +176,7 @@ def test_a_installed_system_boots(disk: Path) -> None:
     assert found["hostname"] == "arkes", "the hostname the Systemfile declares"
     assert found["login"] != "absent", "the console has a login program (Debian 13 no longer makes it essential)"
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
+    assert found["deployments"][0]["boot"]["state"] == "good", "the first boot is proven good by the boot check"
     assert found["timer"] == "enabled" and found["menu_unit"] == "enabled"
     assert found["diff_etc"] == "1", "os diff --etc names the local change"
     assert found["dev_written"] == "yes" and found["unlocked"] == "development"
@@ -223,6 +225,8 @@ def test_c_reboot_into_the_new_deployment(disk: Path) -> None:
     assert found["after_staging"] == "written after staging", "an /etc edit made after staging is kept"
     assert found["menu"] == "2", "the boot menu lists both deployments after finalization"
     assert not found["deployments"][0]["staged"]
+    assert found["deployments"][0]["boot"]["state"] == "good", "the upgrade is proven good on its first boot"
+    assert found["trial"] == "0", "and the boot loader counts its tries no more"
     assert found["motd"] == "changed in the guest"
     assert found["homefile"] == "kept"
     assert int(found["links"]) >= 2, "the deployment made in the guest hard-links the repository's objects"
@@ -457,7 +461,7 @@ def test_j_the_follower_learns_of_a_newer_system_and_takes_only_its_change(
         start = fleet.registry.mark()
         found = facts(second, "second machine upgrades", then=UPDATE)
     finally:
-        second.unlink()
+        discard_disk(second)
     assert found["fleet"] == "v1", "the published system runs"
     (booted,) = [d for d in found["deployments"] if d["booted"]]
     assert booted["source"] == f"{fleet.repository}@{fleet.digests['v1']}"

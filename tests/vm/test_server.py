@@ -27,7 +27,7 @@ import pytest
 
 from tests.integration.aptrepo import AptRepository, hello_repository
 from tests.integration.conftest import OS
-from tests.vm.conftest import guest, report
+from tests.vm.conftest import discard_disk, guest, report
 
 pytestmark = pytest.mark.vm
 
@@ -182,7 +182,7 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     if request.session.testsfailed > failed_before:
         print(f"the disk is kept for a look at what failed: os vm {path}")
     else:
-        path.unlink()
+        discard_disk(path)
 
 
 def facts(disk: Path, name: str, script: str) -> dict[str, Any]:

@@ -1,0 +1,413 @@
+"""Never stranded: a new default deployment is on trial until one of its boots proves it good.
+
+The boot loader counts the tries. When `os` writes the menu with a default deployment that has not been proven
+good (and another to fall back to), it puts the deployment's id and the number of tries into GRUB's environment
+block (/boot/grub/grubenv, read and written by GRUB itself), and the menu's preamble takes one try away on every
+boot of it, before any kernel runs. When none are left, GRUB starts the previous deployment instead, with no one
+at the menu.
+
+Userspace decides what "good" is: after multi-user.target, arkes-boot-check.service runs `os boot-check`, which
+checks that no unit the machine requires has failed and runs every health check (executables in the image's
+/usr/lib/arkes/health.d and the machine's /etc/system/health.d, each with a timeout). A good boot ends the trial.
+A failed one (checks failed, or GRUB fell back because the tries ran out) makes the previous deployment the
+default again, keeps the failed one on disk marked failed with the reason, and, when the failed deployment is the
+one running, reboots into the previous one: once, since the previous one is on no trial. `os status` shows each
+deployment's record; `os upgrade` does not deploy a commit that failed again unless told to.
+
+Settings are in /etc/system/boot.conf (`key = value`): `tries` (1-9, default 3), `check-timeout` (seconds,
+default 60) and `required-units` (names of units that must not have failed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from arkes.boots import ENV, ENV_HEADER, ENV_SIZE, LAST, RECORDS, TRIAL, TRIES, Record, read_env, records
+from arkes.errors import UsageError
+from arkes.model import JSON, Result, document
+
+if TYPE_CHECKING:
+    from arkes.target import Target
+
+CONFIG = Path("system/boot.conf")  # below /etc
+CHECKS = (Path("/usr/lib/arkes/health.d"), Path("system/health.d"))  # the image's; the machine's, below /etc
+MAX_TRIES = 9
+OUTPUT_LINES = 10
+
+
+# --- GRUB's environment block -------------------------------------------------------------------------------
+
+
+def render_env(values: dict[str, str]) -> str:
+    """A GRUB environment block: the header, one `name=value` per line, padded with `#` to 1024 bytes."""
+    body = ENV_HEADER + "".join(
+        f"{k}={v.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}\n" for k, v in values.items()
+    )
+    if len(body.encode()) > ENV_SIZE:
+        raise UsageError("GRUB's environment block cannot hold these variables (1024 bytes)")
+    return body + "#" * (ENV_SIZE - len(body.encode()))
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    tries: int = 3
+    check_timeout: float = 60.0
+    required_units: tuple[str, ...] = ()
+
+
+def settings(etc: Path | None) -> Settings:
+    """The machine's /etc/system/boot.conf; the defaults without one. A bad line is refused with file:line."""
+    path = etc / CONFIG if etc is not None else None
+    if path is None or not path.is_file():
+        return Settings()
+    tries, timeout, units = Settings.tries, Settings.check_timeout, Settings.required_units
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        where = f"{path}:{number}"
+        if not sep:
+            raise UsageError(f"{where}: expected `key = value`, found {raw.strip()!r}")
+        if key == "tries":
+            if not value.isdigit() or not 1 <= int(value) <= MAX_TRIES:
+                raise UsageError(f"{where}: tries must be a number from 1 to {MAX_TRIES}, not {value!r}")
+            tries = int(value)
+        elif key == "check-timeout":
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = 0.0
+            if timeout <= 0:
+                raise UsageError(f"{where}: check-timeout must be a number of seconds, not {value!r}")
+        elif key == "required-units":
+            units = tuple(value.split())
+        else:
+            raise UsageError(f"{where}: unknown setting {key!r} (tries, check-timeout, required-units)")
+    return Settings(tries, timeout, units)
+
+
+# --- what each commit's boots showed ------------------------------------------------------------------------
+
+
+def record(state: Path, checksum: str, found: Record) -> None:
+    """Keep what a boot of the commit `checksum` showed (replacing what an earlier boot showed)."""
+    from arkes.bootloader import atomic_write
+
+    kept = records(state)
+    kept[checksum] = found
+    path = state / RECORDS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"commits": {k: v.to_json() for k, v in kept.items()}}, indent=2) + "\n", mode=0o644)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- health checks ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check that ran: its name, what it exited with (None: it was stopped at its timeout), how long
+    it took, and the last lines it wrote."""
+
+    name: str
+    path: str
+    exit: int | None
+    seconds: float
+    output: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.exit == 0
+
+    def reason(self) -> str:
+        if self.exit is None:
+            return f"health check {self.name} did not finish within its timeout"
+        return f"health check {self.name} failed (exit {self.exit})"
+
+
+@dataclass(frozen=True)
+class Health(Result):
+    """The result of every check of one boot: the units that must not fail and had, and each check."""
+
+    KIND: ClassVar[str] = "Health"
+    checksum: str
+    at: str
+    failed_units: tuple[str, ...]
+    checks: tuple[Check, ...]
+    unit_output: tuple[str, ...] = ()
+
+    @property
+    def good(self) -> bool:
+        return not self.failed_units and all(c.passed for c in self.checks)
+
+    def failure(self) -> Record:
+        """What a failed result is recorded as: the first unit or check that failed."""
+        if self.failed_units:
+            names = ", ".join(self.failed_units)
+            return Record("failed", self.at, f"required unit {names} failed", self.unit_output)
+        check = next(c for c in self.checks if not c.passed)
+        return Record("failed", self.at, check.reason(), check.output)
+
+    def to_json(self) -> JSON:
+        return {**document(self.KIND, self), "good": self.good}
+
+    def render(self) -> str:
+        lines = [f"deployment {self.checksum[:12]}: {'healthy' if self.good else 'UNHEALTHY'} ({self.at})"]
+        lines += [f"  unit   {unit} failed" for unit in self.failed_units]
+        lines += [f"         {line}" for line in self.unit_output]
+        for c in self.checks:
+            verdict = "ok" if c.passed else "FAIL"
+            how = f"{c.seconds:.1f}s" if c.exit in (0, None) else f"exit {c.exit}, {c.seconds:.1f}s"
+            if c.exit is None:
+                how = f"stopped at its timeout, {c.seconds:.1f}s"
+            lines.append(f"  {verdict:<6} {c.name}  {how}")
+            if not c.passed:
+                lines += [f"         {line}" for line in c.output]
+        if not self.checks and not self.failed_units:
+            lines.append("  no health checks (/usr/lib/arkes/health.d, /etc/system/health.d) and no required units")
+        return "\n".join(lines) + "\n"
+
+
+def check_paths(etc: Path, image: Path = CHECKS[0]) -> list[Path]:
+    """The health checks of this boot, in name order: the image's, and the machine's (/etc/system/health.d),
+    where one of the machine's replaces the image's of the same name (and an empty one, or one that is not
+    executable, switches it off)."""
+    named: dict[str, Path] = {}
+    for directory in (image, etc / CHECKS[1]):
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if not path.name.startswith("."):
+                    named[path.name] = path
+    return [named[name] for name in sorted(named) if _runnable(named[name])]
+
+
+def _runnable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK) and path.stat().st_size > 0
+
+
+def run_check(path: Path, timeout: float) -> Check:
+    """Run one check in its own process group; stop the whole group when its time is up."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [os.fspath(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        code = None
+    lines = out.decode("utf-8", "replace").splitlines()[-OUTPUT_LINES:]
+    return Check(path.name, os.fspath(path), code, time.monotonic() - start, tuple(lines))
+
+
+def failed_units(units: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The required units that failed (or that systemd does not know), and the journal's last lines of each."""
+    from arkes import run
+
+    failed, said = [], []
+    for unit in units:
+        shown = run.run(["systemctl", "show", "-p", "LoadState", "-p", "ActiveState", unit], check=False).stdout
+        state = dict(line.partition("=")[::2] for line in shown.splitlines())
+        loaded, active = state.get("LoadState", ""), state.get("ActiveState", "")
+        if active == "failed" or loaded == "not-found":
+            failed.append(unit)
+            journal = ["journalctl", "-b", "-u", unit, "-n", str(OUTPUT_LINES), "-o", "cat", "--no-pager"]
+            lines = run.run(journal, check=False).stdout.splitlines()[-OUTPUT_LINES:]
+            said += lines or [f"{unit}: {loaded if loaded == 'not-found' else active}"]
+    return failed, said
+
+
+def run_checks(etc: Path, checksum: str, config: Settings, *, image: Path = CHECKS[0]) -> Health:
+    """Every check of this boot, now."""
+    units, said = failed_units(config.required_units)
+    checks = tuple(run_check(path, config.check_timeout) for path in check_paths(etc, image))
+    return Health(checksum, now(), tuple(units), checks, tuple(said))
+
+
+def keep_last(state: Path, health: Health) -> None:
+    from arkes.bootloader import atomic_write
+
+    path = state / LAST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(health.to_json(), indent=2) + "\n", mode=0o644)
+
+
+# --- the trial, as the menu writes it -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The deployment on trial (its menu id, CHECKSUM.SERIAL) and the boots it has left."""
+
+    id: str
+    tries: int
+
+
+def trial_for(
+    entries: Sequence[tuple[str, str, bool]], env: dict[str, str], kept: dict[str, Record], tries: int
+) -> Trial | None:
+    """Whether the menu's default (the first of `entries`: id, checksum, booted) is on trial, and with how many
+    tries: a default that a boot proved good, or with nothing to fall back to, is on none; a trial that is running
+    keeps what GRUB left of it; the running deployment starts none (its own boot check judges it); any other
+    default starts one."""
+    if len(entries) < 2:
+        return None
+    first_id, checksum, booted = entries[0]
+    record_of = kept.get(checksum)
+    if record_of is not None and record_of.state == "good":
+        return None
+    if env.get(TRIAL) == first_id:
+        left = env.get(TRIES, "0")
+        return Trial(first_id, int(left) if left.isdigit() else 0)
+    if booted:
+        return None
+    return Trial(first_id, tries)
+
+
+def write_trial(boot: Path, trial: Trial | None) -> None:
+    """Put the trial into GRUB's environment block beside the menu, keeping any other variable there."""
+    from arkes.bootloader import atomic_write
+
+    path = boot / ENV
+    env = read_env(path)
+    wanted = dict(env)
+    wanted.pop(TRIAL, None)
+    wanted.pop(TRIES, None)
+    if trial is not None:
+        wanted.update({TRIAL: trial.id, TRIES: str(trial.tries)})
+    if wanted != env or not path.exists():
+        atomic_write(path, render_env(wanted), mode=0o644)
+
+
+def menu_preamble(trial: Trial | None) -> list[str]:
+    """The lines of grub.cfg that take one try from the deployment on trial (the first entry) on each boot of it,
+    and start the second entry when none are left. GRUB has no arithmetic: each count names the next."""
+    if trial is None:
+        return []
+    lines = [
+        "# Boot counting: the first entry is on trial until a boot of it is proven good (see `os status`).",
+        "if [ -f $prefix/grubenv ]; then",
+        f"    load_env --file $prefix/grubenv {TRIAL} {TRIES}",
+        "fi",
+        f'if [ "${TRIAL}" = "{trial.id}" ]; then',
+    ]
+    for n in range(MAX_TRIES, 0, -1):
+        keyword = "if" if n == MAX_TRIES else "elif"
+        lines += [
+            f'    {keyword} [ "${TRIES}" = "{n}" ]; then',
+            f"        set {TRIES}={n - 1}",
+            f"        save_env --file $prefix/grubenv {TRIES}",
+        ]
+    return [
+        *lines,
+        "    else",
+        "        set default=1",
+        "        echo 'The newest deployment used up its boot tries: starting the previous one.'",
+        "    fi",
+        "fi",
+        "",
+    ]
+
+
+# --- after a boot -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootChecked(Result):
+    """What `os boot-check` found and did: the health of the running deployment, the deployment that had used up
+    its tries (GRUB started this one instead), and whether the previous deployment was made the default again
+    and the machine reboots into it."""
+
+    KIND: ClassVar[str] = "BootCheck"
+    checksum: str
+    health: Health
+    exhausted: str = ""
+    rolled_back: str = ""
+    reboot: bool = False
+
+    def to_json(self) -> JSON:
+        return {**document(self.KIND, self), "health": self.health.to_json()}
+
+    def render(self) -> str:
+        return self.health.render()
+
+
+def boot_check(target: Target, *, reboot: bool = True) -> BootChecked:
+    """Run on every boot after multi-user.target (arkes-boot-check.service): settle a trial that ran out of
+    tries, prove the running deployment good or fail it, and fall back when it was the one on trial."""
+    from arkes import bootloader, deploy, log
+
+    sysroot = target.sysroot
+    booted = sysroot.booted
+    if booted is None or target.etc is None:
+        raise UsageError("`os boot-check` checks the running system", hint="it runs after every boot by itself")
+    env = read_env(sysroot.path / "boot" / ENV)
+    on_trial, left = env.get(TRIAL, ""), env.get(TRIES, "")
+    booted_id = f"{booted.checksum}.{booted.serial}"
+    try:
+        config = settings(target.etc)
+    except UsageError as e:  # a typo there must not fail a good boot: the defaults judge it
+        log.error(f"{e.message}; checking with the defaults")
+        config = Settings()
+    exhausted = rolled_back = ""
+    listed = sysroot.deployments()
+    if on_trial and on_trial != booted_id and left in ("0", ""):
+        failed = next((d for d in listed if f"{d.checksum}.{d.serial}" == on_trial), None)
+        if failed is not None:
+            exhausted = failed.checksum
+            reason = f"its boot tries were used up ({config.tries}): no boot of it was proven good"
+            inputs = sysroot.commit(failed.checksum).metadata.input_hash
+            record(target.state_dir, failed.checksum, Record("failed", now(), reason, input_hash=inputs))
+            log.error(f"deployment {failed.checksum[:12]} failed: {reason}; the previous deployment runs instead")
+            if len(listed) >= 2 and listed[0].same(failed) and listed[1].same(booted):
+                rolled_back = deploy.rollback(sysroot).default
+    checked = run_checks(target.etc, booted.checksum, config)
+    keep_last(target.state_dir, checked)
+    if checked.good:
+        record(target.state_dir, booted.checksum, Record("good", checked.at))
+        log.info(f"deployment {booted.checksum[:12]} is good: {len(checked.checks)} health check(s) passed")
+        bootloader.write_menu(sysroot)  # a trial of it ends
+        return BootChecked(booted.checksum, checked, exhausted, rolled_back)
+    failure = checked.failure()
+    for line in (failure.reason, *failure.output):
+        log.error(line)
+    if on_trial != booted_id:
+        log.warn("this deployment is not on trial (it was proven good before): nothing is rolled back")
+        return BootChecked(booted.checksum, checked, exhausted, rolled_back)
+    inputs = sysroot.commit(booted.checksum).metadata.input_hash
+    record(target.state_dir, booted.checksum, dataclasses.replace(failure, input_hash=inputs))
+    sysroot.reload()
+    listed = sysroot.deployments()
+    if len(listed) >= 2 and listed[0].same(booted):
+        rolled_back = deploy.rollback(sysroot).default
+        log.error(f"deployment {booted.checksum[:12]} failed its first boot: the previous one is the default again")
+    else:
+        bootloader.write_menu(sysroot)
+    if reboot and rolled_back:
+        log.error("rebooting into the previous deployment")
+        from arkes import run
+
+        run.run(["systemctl", "reboot"], what="systemctl reboot")
+    return BootChecked(booted.checksum, checked, exhausted, rolled_back, reboot=bool(reboot and rolled_back))
