@@ -259,11 +259,58 @@ def test_f_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
     assert found["hotfix_written"] == "yes"
 
 
-def test_g_hotfix_persists_across_a_reboot(disk: Path) -> None:
-    found = facts(disk, "hotfix")
+# A new system whose kernel cannot start init: `init=/bin/false` exits, the kernel panics and (panic=5) reboots.
+# Its upgrade runs in the background while someone tries to power the machine off.
+BROKEN = r"""
+echo 'init=/bin/false panic=5' >> /etc/system/kargs
+os upgrade > /root/broken-upgrade.log 2>&1 &
+pid=$!
+i=0; while [ ! -e /run/arkes/upgrade.json ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+fact in_progress "$(os status | grep -c '^In progress: upgrading the system (os upgrade)')"
+fact holding "$(systemd-inhibit --list --no-legend 2>/dev/null | grep -c 'upgrading the system')"
+if kill -0 $pid 2>/dev/null; then systemctl poweroff 2>/root/poweroff.err; fact poweroff_exit $?; fi
+fact poweroff_said "$(tr '\n' ' ' < /root/poweroff.err)"
+wait $pid; fact broken_upgrade $?
+fact upgrade_log "$(tail -n 3 /root/broken-upgrade.log | tr '\n' ' ')"
+fact inhibitors "$(systemd-inhibit --list --no-legend 2>/dev/null | grep -c 'upgrading the system')"
+first='import json, sys; print(json.load(sys.stdin)["deployments"][0]["staged"])'
+fact staged "$(os status --json | python3 -c "$first")"
+"""
+
+# GRUB gave the broken system its three tries, then started the previous one, whose boot check marked it failed.
+FELL_BACK = r"""
+fact journal "$(journalctl -b -u arkes-boot-check --no-pager | grep -c 'boot tries were used up')"
+fact shown "$(os status | grep -c 'FAILED .*boot tries were used up')"
+sed -i '/init=/d' /etc/system/kargs
+"""
+
+
+def test_g_hotfix_persists_across_a_reboot_and_shutdown_waits_for_an_upgrade(disk: Path) -> None:
+    found = facts(disk, "hotfix", then=BROKEN)
     assert found["hotfix"] == "fix"
     (booted,) = [d for d in found["deployments"] if d["booted"]]
     assert booted["unlocked"] == "hotfix"
+    assert found["in_progress"] == "1", "os status shows the upgrade that runs"
+    assert found["holding"] == "1", "the upgrade holds logind's inhibitor"
+    # logind refuses: "Operation inhibited", or, where no polkit could let root override it, "Access denied".
+    assert found["poweroff_exit"] != "0", found["poweroff_said"]
+    assert found["broken_upgrade"] == "0", found["upgrade_log"]
+    assert found["inhibitors"] == "0", "the upgrade's lock went with it"
+    assert found["staged"] == "True", "the broken system is staged for the next boot"
+
+
+def test_g2_a_system_whose_kernel_panics_gives_way_to_the_previous_one_by_itself(disk: Path) -> None:
+    result = boot(disk, FACTS + FELL_BACK, "fallback", "--uefi", "--reboots", "3")
+    found = {k: v for k, sep, v in (line.partition("=") for line in result.stdout.splitlines()) if sep}
+    deployments = json.loads(found["status"])["deployments"]
+    assert "Attempted to kill init" in result.stderr, "the earlier boots panicked, as expected"
+    assert result.stderr.count("the guest booted again") == 3, "three tries, then the previous deployment"
+    previous, failed = deployments
+    assert previous["booted"] and previous["boot"]["state"] == "good"
+    assert failed["boot"]["state"] == "failed" and "boot tries were used up" in failed["boot"]["reason"], failed
+    assert "init=/bin/false" in failed["kargs"]
+    assert found["journal"] == "1" and found["shown"] == "1", "the journal and os status say why"
+    assert found["trial"] == "0"
 
 
 def test_h_a_disk_that_does_not_boot_gives_a_clear_error(tmp_path: Path) -> None:
