@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from arkes.boots import ENV, ENV_HEADER, ENV_SIZE, LAST, RECORDS, TRIAL, TRIES, Record, read_env, records
 from arkes.errors import UsageError
@@ -104,13 +104,17 @@ def settings(etc: Path | None) -> Settings:
 
 def record(state: Path, checksum: str, found: Record) -> None:
     """Keep what a boot of the commit `checksum` showed (replacing what an earlier boot showed)."""
-    from arkes.bootloader import atomic_write
-
     kept = records(state)
     kept[checksum] = found
-    path = state / RECORDS
+    _keep(state / RECORDS, {"commits": {k: v.to_json() for k, v in kept.items()}})
+
+
+def _keep(path: Path, document: dict[str, Any]) -> None:
+    """A JSON document written whole into the state directory, readable by everyone (it is what `os status` shows)."""
+    from arkes.bootloader import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"commits": {k: v.to_json() for k, v in kept.items()}}, indent=2) + "\n", mode=0o644)
+    atomic_write(path, json.dumps(document, indent=2) + "\n", mode=0o644)
 
 
 def now() -> str:
@@ -173,9 +177,10 @@ class Health(Result):
         lines += [f"         {line}" for line in self.unit_output]
         for c in self.checks:
             verdict = "ok" if c.passed else "FAIL"
-            how = f"{c.seconds:.1f}s" if c.exit in (0, None) else f"exit {c.exit}, {c.seconds:.1f}s"
             if c.exit is None:
                 how = f"stopped at its timeout, {c.seconds:.1f}s"
+            else:
+                how = f"{c.seconds:.1f}s" if c.passed else f"exit {c.exit}, {c.seconds:.1f}s"
             lines.append(f"  {verdict:<6} {c.name}  {how}")
             if not c.passed:
                 lines += [f"         {line}" for line in c.output]
@@ -247,11 +252,7 @@ def run_checks(etc: Path, checksum: str, config: Settings, *, image: Path = CHEC
 
 
 def keep_last(state: Path, health: Health) -> None:
-    from arkes.bootloader import atomic_write
-
-    path = state / LAST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(health.to_json(), indent=2) + "\n", mode=0o644)
+    _keep(state / LAST, health.to_json())
 
 
 # --- the trial, as the menu writes it -----------------------------------------------------------------------
