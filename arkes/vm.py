@@ -365,8 +365,9 @@ class Guest:
         start = time.monotonic()
         deadline = start + self.config.timeout
         assert self.console is not None
-        while self.console.boots <= self.config.reboots:
-            # The boots before the last end by themselves; the agent of one of them is no use.
+        while self.config.reboots and self.console.boots <= self.config.reboots:
+            # The boots before the last end by themselves; the agent of one of them is no use. (A single boot is
+            # not counted: the agent's answer is the verdict, whatever boot loader the disk has.)
             self._check_alive()
             if time.monotonic() > deadline:
                 raise self._failure(

@@ -15,6 +15,7 @@ from arkes.errors import UsageError
 ENTRY = bootloader.MenuEntry("Arkēs 0", "/boot/vmlinuz", "/boot/initrd", "root=UUID=x ostree=/ostree/boot.1/a/0")
 
 
+@pytest.mark.grub_tools
 def test_the_environment_block_is_what_grub_editenv_writes(tmp_path: Path) -> None:
     block = health.render_env({"arkes_trial": "abc.0", "arkes_tries": "3"})
     assert len(block.encode()) == 1024 and block.startswith("# GRUB Environment Block\narkes_trial=abc.0\n")
@@ -30,6 +31,7 @@ def test_the_environment_block_is_what_grub_editenv_writes(tmp_path: Path) -> No
         health.render_env({"x": "y" * 1100})
 
 
+@pytest.mark.grub_tools
 def test_a_trial_is_kept_on_the_block_with_the_other_variables(tmp_path: Path) -> None:
     (tmp_path / "grub").mkdir()
     health.write_trial(tmp_path, health.Trial("abc.0", 3))
@@ -75,6 +77,7 @@ def test_which_default_is_on_trial() -> None:
     assert health.trial_for([old, new], env, {}, 3) is None, "a default that is running and no trial's"
 
 
+@pytest.mark.grub_tools
 def test_the_menu_counts_the_tries_of_the_default_on_trial(tmp_path: Path) -> None:
     plain = bootloader.render_menu([ENTRY, ENTRY])
     assert "load_env" not in plain, "no trial, no counting"
