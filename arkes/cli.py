@@ -100,43 +100,125 @@ def cli_check(args: argparse.Namespace) -> int:
     return 2 if report.errors else 0
 
 
-def _root_password(args: argparse.Namespace) -> str | None:
+def _ask_password(what: str) -> str:
+    import getpass
+
+    first = getpass.getpass(f"{what}: ")
+    if not first:
+        raise UsageError(f"{what}: an empty password is not taken")
+    if first != getpass.getpass("again: "):
+        raise UsageError("the two passwords differ")
+    return first
+
+
+def _ask(question: str) -> str:
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:
+        raise UsageError("no answer (end of input)")
+    return answer.strip()
+
+
+def _root_password(args: argparse.Namespace, given: Any) -> tuple[str | None, str | None]:
+    """Root's password, or its hash: from the command line, the answer file, or asked at a terminal."""
     if args.no_root_password:
         log.warn("root has no password: anyone at the console can log in as root (meant for test images)")
-        return None
+        return None, None
     if args.root_password is not None:
-        return str(args.root_password)
+        return str(args.root_password), None
+    if given.root_password or given.root_password_hash:
+        return given.root_password, given.root_password_hash
     if sys.stdin.isatty():
-        import getpass
-
-        first = getpass.getpass("root password for the new system: ")
-        if first != getpass.getpass("again: "):
-            raise UsageError("the two passwords differ")
-        return first
+        return _ask_password("root password for the new system"), None
     raise UsageError(
         "the new system needs a root password",
-        hint="give --root-password PW, or --no-root-password for a test image",
+        hint="give --root-password PW, an answer file (--answers), or --no-root-password for a test image",
     )
+
+
+def _disk_answers(args: argparse.Namespace) -> dict[str, Any]:
+    """What `os install --disk` installs with: the disk, the wipe, the host name, root's password and the first
+    person, from the command line first, then the answer file, then (guided, `--disk` without a path, at a
+    terminal) asked."""
+    from arkes import answers, diskimage, disks
+
+    # What the command line gives need not be in the file.
+    flags = {
+        "disk": args.disk,
+        "hostname": args.hostname,
+        "root_password": args.root_password is not None or args.no_root_password,
+        "user": args.user,
+        "user_password": args.user_password,
+    }
+    taken = tuple(key for key, value in flags.items() if value)
+    given = answers.load(Path(args.answers), given=taken) if args.answers else answers.Answers()
+    guided = args.disk == "" and not args.answers
+    if guided and not sys.stdin.isatty():
+        raise UsageError("`os install --disk` without a path asks which disk, at a terminal", hint="name the disk")
+    wipe = bool(args.wipe or given.wipe)
+    disk = args.disk or given.disk
+    if not disk:
+        offered = disks.candidates(disks.listing())
+        if not offered:
+            raise UsageError("there is no disk to install to (whole, writable, not the running system's)")
+        for i, candidate in enumerate(offered, 1):
+            sys.stderr.write(f"  {i}) {candidate.describe()}\n")
+        picked = _ask(f"install to which disk (1-{len(offered)}, or its path)? ")
+        disk = offered[int(picked) - 1].path if picked.isdigit() and 0 < int(picked) <= len(offered) else picked
+        chosen = disks.choose(offered, disk, wipe=True)
+        if chosen.partitions and not wipe:
+            if _ask(f"{chosen.path} holds {len(chosen.partitions)} partition(s); erase them all (yes/no)? ") != "yes":
+                raise UsageError("nothing was installed; the disk is untouched")
+            wipe = True
+    path = Path(disk).absolute()
+    hostname = args.hostname or given.hostname or (_ask("host name (empty: the Systemfile's): ") if guided else "")
+    if hostname and (why := answers.hostname_problem(hostname)):
+        raise UsageError(why)
+    root_password, root_hash = _root_password(args, given)
+    name = args.user or given.user or (_ask("the first person's login (empty: none): ") if guided else "")
+    person = None
+    if name:
+        if why := answers.user_problem(name):
+            raise UsageError(why)
+        hashed = given.user_password_hash if not args.user_password and given.user == name else None
+        password = args.user_password or (given.user_password if given.user == name else None)
+        if hashed is None:
+            if password is None and sys.stdin.isatty():
+                password = _ask_password(f"password of {name}")
+            if password is None:
+                raise UsageError(f"{name} needs a password", hint="give --user-password PW or an answer file")
+            hashed = diskimage.password_hash(password)
+        person = diskimage.Person(name, hashed, given.user_groups, given.ssh_authorized_keys)
+    return {
+        "disk": path,
+        "wipe": wipe,
+        "hostname": hostname or None,
+        "root_password": root_password,
+        "root_password_hash": root_hash,
+        "person": person,
+    }
 
 
 def cli_install(args: argparse.Namespace) -> int:
     from arkes import deploy, results
 
-    if args.disk:
+    if args.disk is not None or args.answers:
         from arkes import diskimage
 
-        password = _root_password(args)
+        settings = _disk_answers(args)
         outcome = diskimage.install_disk(
-            Path(args.disk).absolute(),
             size=args.size,
             systemfile=_systemfile_arg(args),
-            root_password=password,
-            wipe=args.wipe,
             secrets=_secrets_arg(args),
             allow_secrets=_allowed_secrets_arg(args),
+            **settings,
         )
-        show(args, results.Installed(**_outcome_fields(outcome), path=args.disk, disk=True))
+        show(args, results.Installed(**_outcome_fields(outcome), path=str(settings["disk"]), disk=True))
         return 0
+    for flag in ("hostname", "user", "user_password"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} is for `os install --disk`")
     path = given_path(args.sysroot)
     if path == Path("/"):
         raise UsageError("`os install` needs a target", hint="give `os --sysroot DIR install`")
@@ -573,12 +655,28 @@ VERBS: tuple[Verb, ...] = (
         "deployment's /etc/system, from where later upgrades rebuild.\n\n"
         "With --disk PATH, install to a disk image (created sparse) or a block device instead: GPT with\n"
         "a BIOS boot partition, an EFI system partition, /boot and the root filesystem; GRUB boots it\n"
-        "with BIOS and UEFI firmware; the base image is copied in so the system rebuilds itself offline.",
+        "with BIOS and UEFI firmware; the base image and the build cache are copied in so the system\n"
+        "rebuilds itself offline. A block device is taken only when it is a whole, writable disk that is\n"
+        "not the running system's; one that holds partitions needs --wipe.\n\n"
+        "--disk without a path, at a terminal, is the guided installation: it lists the disks (size,\n"
+        "model) and asks which one, then the host name, root's password and a first person. An answer\n"
+        "file (--answers FILE, TOML: disk, hostname, root_password, user, user_password, ...; see\n"
+        "docs/install.md) answers everything; options on the command line win over it.",
         (
             *BUILD_OPTIONS,
-            opt("--disk", metavar="PATH", help="install to this disk image or block device"),
+            opt(
+                "--disk",
+                metavar="PATH",
+                nargs="?",
+                const="",
+                help="install to this disk image or block device (without PATH: ask, listing the disks)",
+            ),
+            opt("--answers", metavar="FILE", help="the installation's answers, TOML (see docs/install.md)"),
             opt("--size", default="10G", help="size of a new disk image (default: 10G)"),
-            opt("--wipe", action="store_true", help="erase an existing disk image or block device"),
+            opt("--wipe", action="store_true", help="erase an existing disk image or a disk that holds partitions"),
+            opt("--hostname", metavar="NAME", help="the machine's host name (default: the Systemfile's)"),
+            opt("--user", metavar="NAME", help="a first person to make, in the sudo group, home in /var/home"),
+            opt("--user-password", metavar="PW", help="the first person's password (asked at a terminal)"),
             opt("--root-password", group="password", metavar="PW", help="root's password on the installed system"),
             opt(
                 "--no-root-password",

@@ -376,9 +376,10 @@ def revert(sysroot: Sysroot) -> Reverted:
         return Reverted(newest.checksum, version)
 
 
-def rollback(sysroot: Sysroot) -> RolledBack:
-    """Make the previous deployment (index 1) the default for the next boot, keeping both."""
-    with sysroot.lock():
+def rollback(sysroot: Sysroot, *, wait: float = 0) -> RolledBack:
+    """Make the previous deployment (index 1) the default for the next boot, keeping both. `wait`: seconds to wait
+    for the sysroot lock (see Sysroot.lock)."""
+    with sysroot.lock(wait):
         sysroot.reload()
         deployments = sysroot.deployments()
         if len(deployments) < 2:

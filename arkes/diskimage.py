@@ -106,13 +106,26 @@ def _fstab(boot_uuid: str, esp_uuid: str) -> str:
     )
 
 
-def _set_root_password(etc: Path, password: str | None) -> None:
+def password_hash(password: str) -> str:
+    """A SHA-512 crypt(5) hash of `password`, as /etc/shadow keeps it."""
+    hashed = run.run(["openssl", "passwd", "-6", "-stdin"], input=password.encode(), what="openssl passwd").stdout
+    return hashed.strip()
+
+
+@dataclass(frozen=True)
+class Person:
+    """The first person of an installed machine: a login, its password's hash, groups, SSH keys."""
+
+    name: str
+    password_hash: str
+    groups: tuple[str, ...] = ("sudo",)
+    ssh_authorized_keys: tuple[str, ...] = ()
+
+
+def _set_root_password(etc: Path, password: str | None, *, hashed: str | None = None) -> None:
     """Set root's password hash in the deployment's /etc/shadow; None leaves root without one (test images)."""
-    if password is None:
-        hashed = ""
-    else:
-        hashed = run.run(["openssl", "passwd", "-6", "-stdin"], input=password.encode(), what="openssl passwd").stdout
-        hashed = hashed.strip()
+    if hashed is None:
+        hashed = "" if password is None else password_hash(password)
     shadow = etc / "shadow"
     lines = shadow.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -123,6 +136,53 @@ def _set_root_password(etc: Path, password: str | None) -> None:
     mode = shadow.stat().st_mode
     shadow.write_text("\n".join(lines) + "\n")
     os.chmod(shadow, stat.S_IMODE(mode))
+
+
+def _set_hostname(etc: Path, name: str) -> None:
+    """The machine's own name: /etc/hostname, and the name of 127.0.1.1 in /etc/hosts, as Debian's installer does."""
+    (etc / "hostname").write_text(name + "\n")
+    hosts = etc / "hosts"
+    lines = hosts.read_text().splitlines() if hosts.exists() else ["127.0.0.1\tlocalhost"]
+    short = name.split(".")[0]
+    entry = f"127.0.1.1\t{name}" + (f"\t{short}" if short != name else "")
+    lines = [entry if line.split()[:1] == ["127.0.1.1"] else line for line in lines]
+    if entry not in lines:
+        lines.insert(1, entry)
+    hosts.write_text("\n".join(lines) + "\n")
+
+
+def _add_person(deployment_dir: Path, var: Path, person: Person) -> None:
+    """Make the first person in the deployment's /etc (the image's useradd rules, from its /etc/login.defs), with
+    a home /home/NAME, kept in the stateroot's /var/home (/home links there on the machine), filled from /etc/skel."""
+    etc = deployment_dir / "etc"
+    groups = {line.split(":")[0] for line in (etc / "group").read_text().splitlines() if line}
+    wanted = [g for g in person.groups if g in groups]
+    for missing in sorted(set(person.groups) - groups):
+        log.warn(f"the system has no group {missing!r}: {person.name} is not added to it")
+    argv = ["useradd", "--prefix", str(deployment_dir), "--user-group", "--shell", "/bin/bash"]
+    argv += ["--home-dir", f"/home/{person.name}", "--password", person.password_hash]
+    if wanted:
+        argv += ["--groups", ",".join(wanted)]
+    run.run([*argv, person.name], what="useradd")
+    entry = next(
+        line.split(":") for line in (etc / "passwd").read_text().splitlines() if line.split(":")[0] == person.name
+    )
+    uid, gid = int(entry[2]), int(entry[3])
+    home = var / "home" / person.name
+    home.parent.mkdir(parents=True, exist_ok=True)
+    skel = etc / "skel"
+    if skel.is_dir():
+        shutil.copytree(skel, home, symlinks=True)
+    else:
+        home.mkdir()
+    if person.ssh_authorized_keys:
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        (ssh / "authorized_keys").write_text("".join(key.strip() + "\n" for key in person.ssh_authorized_keys))
+        (ssh / "authorized_keys").chmod(0o600)
+    for path in [home, *home.rglob("*")]:
+        os.lchown(path, uid, gid)
+    home.chmod(0o700)
 
 
 def copy_images(root: Path, checksum: str) -> None:
@@ -163,11 +223,15 @@ def install_disk(
     size: str = DEFAULT_SIZE,
     systemfile: Path | None = None,
     root_password: str | None,
+    root_password_hash: str | None = None,
+    hostname: str | None = None,
+    person: Person | None = None,
     wipe: bool = False,
     secrets: Mapping[str, Path] | None = None,
     allow_secrets: Collection[str] = (),
 ) -> results.Outcome:
-    """Partition, format and install the system onto a disk image (created sparse) or a block device."""
+    """Partition, format and install the system onto a disk image (created sparse) or a block device: the
+    machine gets `hostname` (else the Systemfile's), root's password (or its hash) and the first `person`."""
     # A Systemfile with errors is refused before the disk is touched.
     context = (systemfile or images.default_systemfile()).resolve().parent
     systemfile_module.load(systemfile or images.default_systemfile())
@@ -177,10 +241,14 @@ def install_disk(
             hint="put the disk image somewhere else",
         )
     block = _is_block_device(disk)
-    if (block or disk.exists()) and not wipe:
-        what = "block device" if block else "file"
+    if block:
+        from arkes import disks
+
+        # A whole, writable disk that is not the running system's; one that holds partitions only with --wipe.
+        disks.choose(disks.candidates(disks.listing(), loops=True), str(disk), wipe=wipe)
+    elif disk.exists() and not wipe:
         raise UsageError(
-            f"{disk} is an existing {what}; installing erases it",
+            f"{disk} is an existing file; installing erases it",
             hint="give --wipe to erase it, or name a new image file",
         )
     created = not disk.exists()
@@ -190,17 +258,26 @@ def install_disk(
             with open(disk, "wb") as f:
                 f.truncate(parse_size(size))
         run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
-        return _install_partitions(disk, systemfile, root_password, secrets, allow_secrets)
+        machine = _Machine(root_password, root_password_hash, hostname, person)
+        return _install_partitions(disk, systemfile, machine, secrets, allow_secrets)
     except BaseException:
         if created:
             disk.unlink(missing_ok=True)
         raise
 
 
+@dataclass(frozen=True)
+class _Machine:
+    root_password: str | None
+    root_password_hash: str | None
+    hostname: str | None
+    person: Person | None
+
+
 def _install_partitions(
     disk: Path,
     systemfile: Path | None,
-    root_password: str | None,
+    machine: _Machine,
     secrets: Mapping[str, Path] | None,
     allow_secrets: Collection[str],
 ) -> results.Outcome:
@@ -226,7 +303,11 @@ def _install_partitions(
         def customize(deployment_dir: Path) -> None:
             etc = deployment_dir / "etc"
             (etc / "fstab").write_text(_fstab(uuids["boot"], esp_uuid))
-            _set_root_password(etc, root_password)
+            _set_root_password(etc, machine.root_password, hashed=machine.root_password_hash)
+            if machine.hostname:
+                _set_hostname(etc, machine.hostname)
+            if machine.person:
+                _add_person(deployment_dir, root / "ostree/deploy/arkes/var", machine.person)
 
         outcome = deploy.install(
             root,

@@ -7,15 +7,16 @@ boot of it, before any kernel runs. When none are left, GRUB starts the previous
 at the menu.
 
 Userspace decides what "good" is: after multi-user.target, arkes-boot-check.service runs `os boot-check`, which
-checks that no unit the machine requires has failed and runs every health check (executables in the image's
-/usr/lib/arkes/health.d and the machine's /etc/system/health.d, each with a timeout). A good boot ends the trial.
+checks that every unit the machine requires started and has not failed, and runs every health check (executables
+in the image's /usr/lib/arkes/health.d and the machine's /etc/system/health.d, each with a timeout). A good boot
+ends the trial.
 A failed one (checks failed, or GRUB fell back because the tries ran out) makes the previous deployment the
 default again, keeps the failed one on disk marked failed with the reason, and, when the failed deployment is the
 one running, reboots into the previous one: once, since the previous one is on no trial. `os status` shows each
 deployment's record; `os upgrade` does not deploy a commit that failed again unless told to.
 
 Settings are in /etc/system/boot.conf (`key = value`): `tries` (1-9, default 3), `check-timeout` (seconds,
-default 60) and `required-units` (names of units that must not have failed).
+default 60) and `required-units` (names of units that must have started in this boot and not failed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from arkes.boots import ENV, ENV_HEADER, ENV_SIZE, LAST, RECORDS, TRIAL, TRIES, Record, read_env, records
+from arkes.boots import ENV, ENV_HEADER, ENV_SIZE, LAST, RECORDS, TRIAL, TRIES, Record, last, read_env, records
 from arkes.errors import UsageError
 from arkes.model import JSON, Result, document
 
@@ -42,6 +43,7 @@ CONFIG = Path("system/boot.conf")  # below /etc
 CHECKS = (Path("/usr/lib/arkes/health.d"), Path("system/health.d"))  # the image's; the machine's, below /etc
 MAX_TRIES = 9
 OUTPUT_LINES = 10
+LOCK_WAIT = 900.0  # seconds the boot check waits for an `os` command that holds the sysroot lock (an upgrade)
 
 
 # --- GRUB's environment block -------------------------------------------------------------------------------
@@ -155,25 +157,30 @@ class Health(Result):
     failed_units: tuple[str, ...]
     checks: tuple[Check, ...]
     unit_output: tuple[str, ...] = ()
+    unit_reasons: tuple[str, ...] = ()  # why each of failed_units fails the boot (see unit_failure)
 
     @property
     def good(self) -> bool:
         return not self.failed_units and all(c.passed for c in self.checks)
 
     def failure(self) -> Record:
-        """What a failed result is recorded as: the first unit or check that failed."""
-        if self.failed_units:
-            names = ", ".join(self.failed_units)
-            return Record("failed", self.at, f"required unit {names} failed", self.unit_output)
-        check = next(c for c in self.checks if not c.passed)
-        return Record("failed", self.at, check.reason(), check.output)
+        """What a failed result is recorded as: every required unit and check that failed, and what each said."""
+        reasons, output = [], list(self.unit_output)
+        whys = self.unit_reasons or ("failed",) * len(self.failed_units)
+        reasons += [f"required unit {unit} {why}" for unit, why in zip(self.failed_units, whys, strict=True)]
+        for check in self.checks:
+            if not check.passed:
+                reasons.append(check.reason())
+                output += check.output
+        return Record("failed", self.at, "; ".join(reasons), tuple(output))
 
     def to_json(self) -> JSON:
         return {**document(self.KIND, self), "good": self.good}
 
     def render(self) -> str:
         lines = [f"deployment {self.checksum[:12]}: {'healthy' if self.good else 'UNHEALTHY'} ({self.at})"]
-        lines += [f"  unit   {unit} failed" for unit in self.failed_units]
+        whys = self.unit_reasons or ("failed",) * len(self.failed_units)
+        lines += [f"  FAIL   {unit} {why}" for unit, why in zip(self.failed_units, whys, strict=True)]
         lines += [f"         {line}" for line in self.unit_output]
         for c in self.checks:
             verdict = "ok" if c.passed else "FAIL"
@@ -227,28 +234,46 @@ def run_check(path: Path, timeout: float) -> Check:
     return Check(path.name, os.fspath(path), code, time.monotonic() - start, tuple(lines))
 
 
-def failed_units(units: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The required units that failed (or that systemd does not know), and the journal's last lines of each."""
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "UnitFileState", "InactiveExitTimestampMonotonic")
+
+
+def unit_failure(state: dict[str, str]) -> str | None:
+    """Why a required unit, as `systemctl show` describes it, fails the boot; None when it does not: it is unknown,
+    it failed, or it never started in this boot (disabled, say). A unit that ran and finished (a oneshot) or that
+    someone stopped is not a failure."""
+    if state.get("LoadState") == "not-found":
+        return "is unknown to systemd"
+    active = state.get("ActiveState", "")
+    if active == "failed":
+        return "failed"
+    if active == "inactive" and state.get("InactiveExitTimestampMonotonic", "0") in ("", "0"):
+        return f"never started in this boot (unit file {state.get('UnitFileState') or 'state unknown'})"
+    return None
+
+
+def failed_units(units: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """The required units that fail the boot (see unit_failure), why each does, and the journal's last lines of
+    each."""
     from arkes import run
 
-    failed, said = [], []
+    failed, whys, said = [], [], []
     for unit in units:
-        shown = run.run(["systemctl", "show", "-p", "LoadState", "-p", "ActiveState", unit], check=False).stdout
-        state = dict(line.partition("=")[::2] for line in shown.splitlines())
-        loaded, active = state.get("LoadState", ""), state.get("ActiveState", "")
-        if active == "failed" or loaded == "not-found":
+        argv = ["systemctl", "show", *(f"--property={name}" for name in UNIT_PROPERTIES), unit]
+        shown = run.run(argv, check=False).stdout
+        why = unit_failure(dict(line.partition("=")[::2] for line in shown.splitlines()))
+        if why is not None:
             failed.append(unit)
+            whys.append(why)
             journal = ["journalctl", "-b", "-u", unit, "-n", str(OUTPUT_LINES), "-o", "cat", "--no-pager"]
-            lines = run.run(journal, check=False).stdout.splitlines()[-OUTPUT_LINES:]
-            said += lines or [f"{unit}: {loaded if loaded == 'not-found' else active}"]
-    return failed, said
+            said += run.run(journal, check=False).stdout.splitlines()[-OUTPUT_LINES:]
+    return failed, whys, said
 
 
 def run_checks(etc: Path, checksum: str, config: Settings, *, image: Path = CHECKS[0]) -> Health:
     """Every check of this boot, now."""
-    units, said = failed_units(config.required_units)
+    units, whys, said = failed_units(config.required_units)
     checks = tuple(run_check(path, config.check_timeout) for path in check_paths(etc, image))
-    return Health(checksum, now(), tuple(units), checks, tuple(said))
+    return Health(checksum, now(), tuple(units), checks, tuple(said), tuple(whys))
 
 
 def keep_last(state: Path, health: Health) -> None:
@@ -355,6 +380,22 @@ class BootChecked(Result):
         return self.health.render()
 
 
+def _tell_previous_failure(state: Path, booted: str) -> None:
+    """Say again, in this boot's journal, why the boot before it failed its checks and rolled back: that boot's
+    own journal is gone when the journal is kept in memory only."""
+    from arkes import log
+
+    previous = last(state)
+    if not previous or previous.get("good", True) or previous.get("checksum") in (None, booted):
+        return
+    failed = records(state).get(str(previous["checksum"]))
+    if failed is None or failed.state != "failed":
+        return
+    log.error(f"the previous boot, of deployment {str(previous['checksum'])[:12]}, failed: {failed.reason}")
+    for line in failed.output:
+        log.error(f"  {line}")
+
+
 def boot_check(target: Target, *, reboot: bool = True) -> BootChecked:
     """Run on every boot after multi-user.target (arkes-boot-check.service): settle a trial that ran out of
     tries, prove the running deployment good or fail it, and fall back when it was the one on trial."""
@@ -383,13 +424,16 @@ def boot_check(target: Target, *, reboot: bool = True) -> BootChecked:
             record(target.state_dir, failed.checksum, Record("failed", now(), reason, input_hash=inputs))
             log.error(f"deployment {failed.checksum[:12]} failed: {reason}; the previous deployment runs instead")
             if len(listed) >= 2 and listed[0].same(failed) and listed[1].same(booted):
-                rolled_back = deploy.rollback(sysroot).default
+                rolled_back = deploy.rollback(sysroot, wait=LOCK_WAIT).default
+    _tell_previous_failure(target.state_dir, booted.checksum)
     checked = run_checks(target.etc, booted.checksum, config)
     keep_last(target.state_dir, checked)
     if checked.good:
         record(target.state_dir, booted.checksum, Record("good", checked.at))
         log.info(f"deployment {booted.checksum[:12]} is good: {len(checked.checks)} health check(s) passed")
-        bootloader.write_menu(sysroot)  # a trial of it ends
+        with sysroot.lock(LOCK_WAIT):  # a trial of it ends
+            sysroot.reload()
+            bootloader.write_menu(sysroot)
         return BootChecked(booted.checksum, checked, exhausted, rolled_back)
     failure = checked.failure()
     for line in (failure.reason, *failure.output):
@@ -402,10 +446,12 @@ def boot_check(target: Target, *, reboot: bool = True) -> BootChecked:
     sysroot.reload()
     listed = sysroot.deployments()
     if len(listed) >= 2 and listed[0].same(booted):
-        rolled_back = deploy.rollback(sysroot).default
+        rolled_back = deploy.rollback(sysroot, wait=LOCK_WAIT).default
         log.error(f"deployment {booted.checksum[:12]} failed its first boot: the previous one is the default again")
     else:
-        bootloader.write_menu(sysroot)
+        with sysroot.lock(LOCK_WAIT):
+            sysroot.reload()
+            bootloader.write_menu(sysroot)
     if reboot and rolled_back:
         log.error("rebooting into the previous deployment")
         from arkes import run

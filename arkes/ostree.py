@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -407,8 +408,27 @@ class Sysroot:
         return self.path / "ostree" / "repo"
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """The sysroot lock (shared with ostree and every other tool using libostree); refuse when held."""
+    def lock(self, wait: float = 0) -> Iterator[None]:
+        """The sysroot lock (shared with ostree and every other tool using libostree); refuse when it is held,
+        or, with `wait`, when it is still held after that many seconds."""
+        deadline = time.monotonic() + wait
+        waiting = False
+        while not self._try_lock():
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    f"another process is changing the system at {self.path} (the sysroot lock is held)",
+                    hint="wait for the other `os` command to finish, then try again",
+                )
+            if not waiting:
+                log.info("another process holds the sysroot lock: waiting for it")
+                waiting = True
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            self._sysroot.unlock()
+
+    def _try_lock(self) -> bool:
         try:
             acquired = self._sysroot.try_lock()
         except GLib.Error as e:
@@ -420,15 +440,7 @@ class Sysroot:
             ) from e
         if isinstance(acquired, tuple):
             acquired = acquired[-1]
-        if not acquired:
-            raise LockedError(
-                f"another process is changing the system at {self.path} (the sysroot lock is held)",
-                hint="wait for the other `os` command to finish, then try again",
-            )
-        try:
-            yield
-        finally:
-            self._sysroot.unlock()
+        return bool(acquired)
 
     # --- deployments -------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ PACKAGES = {
     "ionice": "util-linux",
     "journalctl": "systemd",
     "losetup": "mount",
+    "lsblk": "util-linux",
     "mcopy": "mtools",
     "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
@@ -58,6 +59,7 @@ PACKAGES = {
     "systemctl": "systemd",
     "umount": "mount",
     "unshare": "util-linux",
+    "useradd": "passwd",
     "zstd": "zstd",
 }
 

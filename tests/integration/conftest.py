@@ -120,12 +120,38 @@ def build_tags(system: System) -> list[str]:
     return sorted(t for t in tags if t.endswith(suffix))
 
 
+# What commands and tests write in place, or lock, in a sysroot: each deployment's /etc and origin, the stateroot's
+# /var, the boot directory, the repository's configuration, scratch and locks. A copy gets files of its own there.
+OWN = (
+    "boot",
+    "ostree/lock",
+    "ostree/deploy/*/var",
+    "ostree/deploy/*/deploy/*/etc",
+    "ostree/deploy/*/deploy/*.origin",
+    "ostree/repo/config",
+    "ostree/repo/.lock",
+    "ostree/repo/tmp",
+    "ostree/repo/state",
+)
+
+
 def copied(template: System, destination: Path) -> System:
-    """A system of its own with the state of `template`: its sysroot copied (OSTree's hardlinks kept), a new
-    system id, and its build images tagged for that id as well, so that the copy is a system like any other."""
+    """A system of its own with the state of `template`: its sysroot copied, a new system id, and its build images
+    tagged for that id as well, so that the copy is a system like any other. What OSTree never writes in place (the
+    repository's objects, the deployments' trees made of them, refs written by renaming) is hard-linked, the rest
+    (OWN) copied."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     settled(template)
-    subprocess.run(["cp", "-a", "--reflink=auto", str(template.path), str(destination)], check=True)
+    subprocess.run(["cp", "-a", "--link", str(template.path), str(destination)], check=True)
+    for pattern in OWN:
+        for linked in destination.glob(pattern):
+            # (cp does not carry the immutable flag of OSTree's deployment roots over: the copy's are writable.)
+            original = template.path / linked.relative_to(destination)
+            if linked.is_dir() and not linked.is_symlink():
+                shutil.rmtree(linked)
+            else:
+                linked.unlink()
+            subprocess.run(["cp", "-a", "--reflink=auto", str(original), str(linked)], check=True)
     copy = System(destination)
     old = _system_id(copy.repo)
     if old:
@@ -221,7 +247,9 @@ def _remove_sysroots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     base = tmp_path_factory.getbasetemp()
     # Sysroots sit at <test dir>/sysroot (or one level deeper); a recursive glob would walk their whole trees.
     sysroots = [p for p in [*base.glob("*/sysroot"), *base.glob("*/*/sysroot")] if (p / "ostree/repo").is_dir()]
-    for sysroot in sysroots:
-        for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
-            subprocess.run(["chattr", "-i", str(deployment)], check=False)
-        shutil.rmtree(sysroot, ignore_errors=True)
+    deployments = [str(d) for sysroot in sysroots for d in sysroot.glob("ostree/deploy/*/deploy/*") if d.is_dir()]
+    if deployments:
+        subprocess.run(["chattr", "-i", *deployments], check=False)
+    # In the background: this machine's file system frees their blocks slowly, and nothing waits for it.
+    if sysroots:
+        subprocess.Popen(["rm", "-rf", *map(str, sysroots)], start_new_session=True, stdin=subprocess.DEVNULL)

@@ -96,6 +96,39 @@ def test_held_lock_refuses_a_second_upgrade(system: System) -> None:
     assert "up to date" in system.os("upgrade").stderr, "the lock is free again once its holder is gone"
 
 
+def test_the_boot_check_waits_for_the_lock_that_a_running_command_holds(system: System) -> None:
+    """What `os boot-check` does when an `os` command holds the sysroot lock: wait for it, not fail the boot."""
+    hold = (
+        "import sys, time; from pathlib import Path; from arkes.ostree import Sysroot\n"
+        "s = Sysroot.open(Path(sys.argv[1]))\n"
+        "with s.lock():\n    print('locked', flush=True)\n    time.sleep(3)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(system.path)], stdout=subprocess.PIPE, text=True)
+    wait = (
+        "import sys, time; from pathlib import Path; from arkes.ostree import Sysroot\n"
+        "from arkes import log; from arkes.errors import LockedError\n"
+        "log.setup(debug=False)\n"
+        "s = Sysroot.open(Path(sys.argv[1]))\n"
+        "try:\n    with s.lock(wait=1):\n        print('taken at once')\n"
+        "except LockedError as e:\n    print('refused:', e.message)\n"
+        "start = time.monotonic()\n"
+        "with s.lock(wait=60):\n    print(f'taken after {time.monotonic() - start:.1f}s')\n"
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        waiter = subprocess.run(
+            [sys.executable, "-c", wait, str(system.path)], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiter.returncode == 0, waiter.stderr
+    refused, taken = waiter.stdout.splitlines()
+    assert refused.startswith("refused: another process is changing the system"), "a second of waiting was too short"
+    assert taken.startswith("taken after ") and float(taken.split()[2].rstrip("s")) > 0.5, taken
+    assert "waiting for it" in waiter.stderr
+
+
 def upgrade_reaching(system: System, step: str) -> subprocess.Popen[str]:
     """Start `os upgrade` in its own process group and return once it is inside `step`: for the commit, once
     its progress says that files are written."""

@@ -127,6 +127,48 @@ def test_a_check_s_exit_timeout_and_last_lines(tmp_path: Path) -> None:
     assert "FAIL   fails  exit 7" in result.render() and "ok     ok" in result.render()
 
 
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ({"LoadState": "loaded", "ActiveState": "active", "InactiveExitTimestampMonotonic": "812"}, None),
+        ({"LoadState": "loaded", "ActiveState": "activating", "InactiveExitTimestampMonotonic": "812"}, None),
+        # a oneshot that ran and finished, or a service someone stopped
+        ({"LoadState": "loaded", "ActiveState": "inactive", "InactiveExitTimestampMonotonic": "812"}, None),
+        ({"LoadState": "loaded", "ActiveState": "failed", "InactiveExitTimestampMonotonic": "812"}, "failed"),
+        ({"LoadState": "not-found", "ActiveState": "inactive"}, "is unknown to systemd"),
+        (
+            {"LoadState": "loaded", "ActiveState": "inactive", "UnitFileState": "disabled"},
+            "never started in this boot (unit file disabled)",
+        ),
+        (
+            {"ActiveState": "inactive", "UnitFileState": "enabled", "InactiveExitTimestampMonotonic": "0"},
+            "never started in this boot (unit file enabled)",
+        ),
+    ],
+)
+def test_what_makes_a_required_unit_fail_the_boot(state: dict[str, str], why: str | None) -> None:
+    assert health.unit_failure(state) == why
+
+
+def test_a_failure_names_every_unit_and_check_that_failed(tmp_path: Path) -> None:
+    check = health.run_check(write_check(tmp_path, "50-web", "echo asking\necho refused; exit 1"), timeout=30)
+    result = health.Health(
+        "c" * 64,
+        "now",
+        ("nginx.service",),
+        (check,),
+        ("Stopped nginx.",),
+        ("never started in this boot (unit file disabled)",),
+    )
+    failure = result.failure()
+    assert failure.reason == (
+        "required unit nginx.service never started in this boot (unit file disabled); "
+        "health check 50-web failed (exit 1)"
+    )
+    assert failure.output == ("Stopped nginx.", "asking", "refused")
+    assert "FAIL   nginx.service never started" in result.render()
+
+
 def test_a_failed_system_is_known_by_its_commit_and_by_its_inputs(tmp_path: Path) -> None:
     failed = boots.Record("failed", "2026-12-01T00:00:00+00:00", "health check 50-web failed (exit 7)", ("no",), "i1")
     health.record(tmp_path, "c1", failed)
@@ -135,3 +177,23 @@ def test_a_failed_system_is_known_by_its_commit_and_by_its_inputs(tmp_path: Path
     assert boots.failed_before(tmp_path, "c1", "") == failed
     assert boots.failed_before(tmp_path, "c9", "i1") == failed, "built again from the same inputs"
     assert boots.failed_before(tmp_path, "c2", "i2") is None and boots.failed_before(tmp_path, "c9", "") is None
+
+
+def test_the_boot_after_a_rollback_says_why_the_one_before_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = health.Check("50-web", "/usr/lib/arkes/health.d/50-web", 1, 0.2, ("Connection refused",))
+    failing = health.Health("f" * 64, "2026-12-07T21:00:00+00:00", (), (check,))
+    health.keep_last(tmp_path, failing)
+    health.record(tmp_path, "f" * 64, failing.failure())
+    caplog.set_level("INFO", logger="arkes")
+    health._tell_previous_failure(tmp_path, "p" * 64)
+    assert caplog.messages == [
+        "the previous boot, of deployment ffffffffffff, failed: health check 50-web failed (exit 1)",
+        "  Connection refused",
+    ]
+    caplog.clear()
+    health._tell_previous_failure(tmp_path, "f" * 64)  # the same deployment booted again: it says so itself
+    health.keep_last(tmp_path, health.Health("p" * 64, "2026-12-07T21:02:00+00:00", (), ()))
+    health._tell_previous_failure(tmp_path, "q" * 64)  # the last check was good: nothing to tell
+    assert caplog.messages == []

@@ -7,8 +7,10 @@ unlock is gone; in the guest go back to the image's own Systemfile (Debian's sta
 (heredocs, built by the guest's own Buildah to the same tree as this host's build), change /etc and /var/home,
 `os upgrade` (staged), an /etc edit after staging → reboot into the new deployment (the stable kernel runs, the
 edit reached it, the menu lists both), `os rollback` → boot: the backports kernel again, `os rollback` → boot the
-previous entry from the menu and `os revert` → boot with UEFI: the reverted system by default; a hotfix unlock →
-boot: the hotfix persists. A blank disk fails at once with the console's last lines.
+previous entry from the menu with UEFI, `os revert` and a hotfix unlock → boot: the reverted system by default, the
+hotfix persists; an upgrade whose kernel cannot start init runs while shutdown is refused → three boots that panic,
+counted by GRUB, then the previous system by itself, which records why. A blank disk fails at once with the
+console's last lines.
 
 A second machine installed from the same Systemfile makes host keys of its own, then follows a system published on
 this host (a registry on 127.0.0.1, reached through QEMU's forwarding), with its signature required: an unsigned
@@ -240,22 +242,20 @@ def test_d_a_rollback_boots_the_previous_kernel(disk: Path) -> None:
     assert found["again"] == "yes", "and a second rollback makes the stable system the default again"
 
 
-def test_e_previous_entry_then_revert(disk: Path) -> None:
-    result = boot(
-        disk, FACTS + "os revert && echo reverted && os status --json | tr -d '\\n'", "revert", "--boot-entry", "1"
-    )
-    assert "marker=absent" in result.stdout
-    assert "reverted" in result.stdout
-    after = last_json(result)["deployments"]
-    assert len(after) == 1 and after[0]["booted"]
+REVERT = r"""
+os revert >/dev/null && fact reverted yes
+fact after "$(os status --json | tr -d '\n')"
+os unlock --hotfix >/dev/null && echo fix > /usr/share/arkes-hotfix && fact hotfix_written yes
+"""
 
 
-def test_f_reverted_system_boots_by_default_with_uefi(disk: Path) -> None:
-    hotfix = "os unlock --hotfix >/dev/null && echo fix > /usr/share/arkes-hotfix && fact hotfix_written yes\n"
-    found = facts(disk, "boot-uefi", "--uefi", then=hotfix)
-    assert len(found["deployments"]) == 1 and booted_index(found) == 0
-    assert found["marker"] == "absent"
-    assert found["homefile"] == "kept"
+def test_e_previous_entry_with_uefi_then_revert(disk: Path) -> None:
+    found = facts(disk, "revert-uefi", "--uefi", "--boot-entry", "1", then=REVERT)
+    assert found["marker"] == "absent", "the menu's second entry is the previous system"
+    assert booted_index(found) == 1
+    assert found["reverted"] == "yes"
+    after = json.loads(found["after"])["deployments"]
+    assert len(after) == 1 and after[0]["booted"], "os revert removed the newest deployment"
     assert found["hotfix_written"] == "yes"
 
 
@@ -285,8 +285,15 @@ sed -i '/init=/d' /etc/system/kargs
 """
 
 
-def test_g_hotfix_persists_across_a_reboot_and_shutdown_waits_for_an_upgrade(disk: Path) -> None:
+def test_f_reverted_system_boots_by_default_its_hotfix_persists_and_shutdown_waits_for_an_upgrade(
+    disk: Path,
+) -> None:
     found = facts(disk, "hotfix", then=BROKEN)
+    # (A hotfix keeps an untouched copy of the deployment it unlocked, second in the menu, to go back to.)
+    assert booted_index(found) == 0, "the reverted system boots by default"
+    assert {d["checksum"] for d in found["deployments"]} == {found["deployments"][0]["checksum"]}
+    assert found["marker"] == "absent"
+    assert found["homefile"] == "kept"
     assert found["hotfix"] == "fix"
     (booted,) = [d for d in found["deployments"] if d["booted"]]
     assert booted["unlocked"] == "hotfix"
@@ -299,7 +306,7 @@ def test_g_hotfix_persists_across_a_reboot_and_shutdown_waits_for_an_upgrade(dis
     assert found["staged"] == "True", "the broken system is staged for the next boot"
 
 
-def test_g2_a_system_whose_kernel_panics_gives_way_to_the_previous_one_by_itself(disk: Path) -> None:
+def test_g_a_system_whose_kernel_panics_gives_way_to_the_previous_one_by_itself(disk: Path) -> None:
     result = boot(disk, FACTS + FELL_BACK, "fallback", "--uefi", "--reboots", "3")
     found = {k: v for k, sep, v in (line.partition("=") for line in result.stdout.splitlines()) if sep}
     deployments = json.loads(found["status"])["deployments"]

@@ -10,7 +10,10 @@ network); `os upgrade` → boot: every service active, rows, page and homes kept
 passwords, ids distinct and unchanged; carol's password and bob's groups changed on the machine; the repository
 publishes 1.1 of its package; the Systemfile adds tcpdump; `os upgrade` names both changes → boot: the same, the
 update and the package's system user are there, no id shared, no failed unit, `os checkupdates` finds nothing and
-`os diff --packages 1 0` shows the change.
+`os diff --packages 1 0` shows the change, the upgrade was proven good on its first boot (the image's health check
+asks the web server); the Systemfile disables nginx, `os upgrade` → boot: the health check fails, the boot check
+records why and reboots into the previous deployment by itself, where `os status` and the journal say so and
+`os upgrade` refuses to deploy the same system again.
 """
 
 from __future__ import annotations
@@ -34,10 +37,20 @@ pytestmark = pytest.mark.vm
 TIMINGS: dict[str, float] = {}
 UPGRADE_STEPS: list[dict[str, float]] = []  # each guest upgrade's steps and their seconds
 
+# The image's health check: the shop's front page answers (a boot where it does not is not good).
 SYSTEMFILE = """FROM localhost/arkes:base
 ENV SYSTEM_HOSTNAME=server SYSTEM_TIMEZONE=Etc/UTC SYSTEM_LOCALE=C.UTF-8 SYSTEM_KEYMAP=us
 RUN setup_machine
 RUN install_packages nginx postgresql
+RUN <<CHECK
+mkdir -p /usr/lib/arkes/health.d
+cat > /usr/lib/arkes/health.d/50-web <<'PROBE'
+#!/bin/sh
+echo "asking http://127.0.0.1/"
+exec python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1/", timeout=10).status)'
+PROBE
+chmod 755 /usr/lib/arkes/health.d/50-web
+CHECK
 RUN post_build
 """
 
@@ -112,6 +125,10 @@ done
 
 FIRST_BOOT = r"""
 set -e
+fact hostname "$(hostname)"
+fact dave_login "$(login dave dave-secret)"
+fact health "$(os health --json | tr -d '\n')"
+printf 'required-units = nginx.service postgresql@17-main.service\ncheck-timeout = 30\n' > /etc/system/boot.conf
 runuser -u postgres -- createdb shop
 sql "CREATE TABLE items (name text); INSERT INTO items VALUES ('apple'), ('pear')" >/dev/null
 echo 'served from /var' > /var/www/html/index.html
@@ -152,6 +169,23 @@ fact bob_login "$(login bob bob-secret)"
 fact carol_login "$(login carol changed-on-the-machine)"
 fact carol_old "$(login carol carol-secret)"
 fact tcpdump "$(command -v tcpdump || echo absent)"
+fact dave_login "$(login dave dave-secret)"
+booted='import json, sys; print(json.load(sys.stdin)["deployments"][0]["boot"]["state"])'
+fact boot "$(os status --json | python3 -c "$booted")"
+fact trial "$(grep -c '^arkes_trial=' /boot/grub/grubenv 2>/dev/null)"
+sed -i '/^RUN post_build/i RUN systemctl disable nginx' /etc/system/Systemfile
+upgrade
+"""
+
+# The system that disabled its web server booted, failed its health check and rebooted into the previous one.
+FOURTH_BOOT = r"""
+fact status "$(os status --json | tr -d '\n')"
+fact shown "$(os status | grep -c 'FAILED .*health check 50-web failed')"
+said='the previous boot, of deployment [0-9a-f]*, failed: required unit nginx.service .*health check 50-web failed'
+fact journal "$(journalctl -b -u arkes-boot-check --no-pager | grep -c "$said")"
+fact refused "$(journalctl -b -u arkes-boot-check --no-pager | grep -c 'Connection refused')"
+rc=0; os upgrade > /run/again 2>&1 || rc=$?
+fact again "$rc $(tr '\n' '|' < /run/again)"
 """
 
 
@@ -171,7 +205,9 @@ def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     path = work / "server.img"
     start = time.monotonic()
     argv = [str(OS), "install", "--disk", str(path), "--size", "14G", "--no-root-password"]
-    argv += ["--systemfile", str(work / "source/Systemfile")]
+    # The machine's name and its first person come from an answer file, as an installer takes them.
+    (work / "answers.toml").write_text('hostname = "shop"\nuser = "dave"\nuser_password = "dave-secret"\n')
+    argv += ["--systemfile", str(work / "source/Systemfile"), "--answers", str(work / "answers.toml")]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     TIMINGS["install"] = time.monotonic() - start
@@ -236,6 +272,11 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepo
     assert found["nginx"] == "active" and found["postgresql"] == "active"
     assert found["failed"] == "" and found["state"] == "running"
     assert found["bob_login"] == "bob:/home/bob:w"
+    assert found["hostname"] == "shop", "the answer file's name, over the Systemfile's"
+    assert found["dave_login"] == "dave:/home/dave:w", "the first person the installation made logs in"
+    checked = json.loads(found["health"])
+    assert checked["good"] and [c["name"] for c in checked["checks"]] == ["50-web"], checked
+    assert checked["checks"][0]["output"] == ["asking http://127.0.0.1/", "200"], checked
     upgraded(found)
     # The install copied the build cache onto the disk: the guest's first build runs only the lines it added.
     # They install a package, so the package step is added and the image built again, every other step cached.
@@ -278,6 +319,7 @@ def test_3_after_the_second_upgrade(disk: Path) -> None:
     assert found["bob_login"] == "bob:/home/bob:w"
     assert found["carol_login"] == "carol:/home/carol:w", "a password changed on the machine stays"
     assert found["carol_old"] == "refused"
+    assert found["dave_login"] == "dave:/home/dave:w", "two upgrades later"
     assert set(found["bob_groups"].split()) >= {"bob", "www-data", "editors"}, "group memberships stay"
     assert found["tcpdump"] != "absent"
     assert found["hello"] == "1.1", "the package update reached the machine"
@@ -287,8 +329,36 @@ def test_3_after_the_second_upgrade(disk: Path) -> None:
     assert rc == "2" or (rc == "0" and "deb.debian.org" in said), said
     changed = [line.split() for line in found["diff"].split("|")]
     assert ["~", "arkes-hello", "1.0", "->", "1.1"] in changed, found["diff"]
+    assert found["boot"] == "good", "a good upgrade is proven good on its first boot"
+    assert found["trial"] == "0", "and the boot loader counts its tries no more"
+    upgraded(found)
     assert any(line[:2] == ["+", "tcpdump"] for line in changed), found["diff"]
     uids, gids = ids(found["ids"]), ids(found["gids"])
     assert "tcpdump" in uids, "the system user a package's maintainer script made exists"
     assert {k: v for k, v in uids.items() if k in SEEN["uids"]} == SEEN["uids"], "no id changes hands"
     assert {k: v for k, v in gids.items() if k in SEEN["gids"]} == SEEN["gids"]
+
+
+def test_4_a_system_that_fails_its_health_check_goes_back_by_itself(disk: Path) -> None:
+    """The third upgrade disabled nginx: its first boot fails the image's health check, marks it failed, makes the
+    previous deployment the default and reboots into it, once."""
+    start = time.monotonic()
+    result = guest(disk, FACTS + FOURTH_BOOT, "--reboots", "1")
+    TIMINGS["fallback"] = time.monotonic() - start
+    found = {k: v.strip() for k, sep, v in (line.partition("=") for line in result.stdout.splitlines()) if sep}
+    healthy(found)
+    assert "the guest booted again (boot 2)" in result.stderr, "one reboot, by the boot check"
+    deployments = json.loads(found["status"])["deployments"]
+    previous, failed = deployments[0], deployments[1]
+    assert previous["booted"] and previous["boot"]["state"] == "good"
+    assert failed["boot"]["state"] == "failed", failed
+    # nginx is required by the machine's boot.conf and probed by the image's check: both say so.
+    assert failed["boot"]["reason"] == (
+        "required unit nginx.service never started in this boot (unit file disabled); "
+        "health check 50-web failed (exit 1)"
+    ), failed["boot"]
+    assert any("Connection refused" in line for line in failed["boot"]["output"]), failed["boot"]["output"]
+    assert found["shown"] == "1", "os status says why"
+    assert found["journal"] == "1" and int(found["refused"]) >= 1, "and this boot's journal, with the output"
+    rc, _, said = found["again"].partition(" ")
+    assert rc == "2" and "failed a boot on this machine" in said, said
