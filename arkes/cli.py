@@ -18,6 +18,7 @@ from arkes.errors import UsageError
 from arkes.target import Target, given_path, is_booted_root
 
 if TYPE_CHECKING:
+    from arkes.answers import Answers
     from arkes.results import Outcome
 
 DESCRIPTION = """\
@@ -120,7 +121,7 @@ def _ask(question: str) -> str:
     return answer.strip()
 
 
-def _root_password(args: argparse.Namespace, given: Any) -> tuple[str | None, str | None]:
+def _root_password(args: argparse.Namespace, given: Answers) -> tuple[str | None, str | None]:
     """Root's password, or its hash: from the command line, the answer file, or asked at a terminal."""
     if args.no_root_password:
         log.warn("root has no password: anyone at the console can log in as root (meant for test images)")

@@ -163,11 +163,15 @@ class Health(Result):
     def good(self) -> bool:
         return not self.failed_units and all(c.passed for c in self.checks)
 
+    @property
+    def _whys(self) -> tuple[str, ...]:
+        """Why each failed unit fails the boot ("failed" for a result that did not say)."""
+        return self.unit_reasons or ("failed",) * len(self.failed_units)
+
     def failure(self) -> Record:
         """What a failed result is recorded as: every required unit and check that failed, and what each said."""
         reasons, output = [], list(self.unit_output)
-        whys = self.unit_reasons or ("failed",) * len(self.failed_units)
-        reasons += [f"required unit {unit} {why}" for unit, why in zip(self.failed_units, whys, strict=True)]
+        reasons += [f"required unit {unit} {why}" for unit, why in zip(self.failed_units, self._whys, strict=True)]
         for check in self.checks:
             if not check.passed:
                 reasons.append(check.reason())
@@ -179,8 +183,7 @@ class Health(Result):
 
     def render(self) -> str:
         lines = [f"deployment {self.checksum[:12]}: {'healthy' if self.good else 'UNHEALTHY'} ({self.at})"]
-        whys = self.unit_reasons or ("failed",) * len(self.failed_units)
-        lines += [f"  FAIL   {unit} {why}" for unit, why in zip(self.failed_units, whys, strict=True)]
+        lines += [f"  FAIL   {unit} {why}" for unit, why in zip(self.failed_units, self._whys, strict=True)]
         lines += [f"         {line}" for line in self.unit_output]
         for c in self.checks:
             verdict = "ok" if c.passed else "FAIL"
