@@ -51,8 +51,9 @@ VOLATILE = (
 FACTORY = "usr/share/factory"
 # Part of every build's input hash: raised whenever the rewrite makes a different tree of the same image, so that
 # installed systems rebuild with it instead of calling themselves up to date. 2: /var seeded with owners (C lines),
-# apt's extended_states no longer seeded. 3: each machine's identity stripped (IDENTITY).
-REVISION = 3
+# apt's extended_states no longer seeded. 3: each machine's identity stripped (IDENTITY). 4: paths that tmpfiles.d
+# lines only adjust (h, z, a, ...) are made too (the persistent journal's /var/log/journal).
+REVISION = 4
 TMPFILES = "usr/lib/tmpfiles.d/arkes-var.conf"
 EMPTIED = ("tmp", "run", "proc", "sys", "dev", "boot")
 
@@ -297,8 +298,13 @@ def _make_persistent(root: Path, src: str, dst: str) -> None:
     source.symlink_to(link)
 
 
+# The tmpfiles.d line types that make a path (the others adjust, clean or ignore one that exists: a line
+# `h /var/log/journal` sets an attribute, and the journal stays in memory when nothing makes that directory).
+CREATING = frozenset("fFdDvqQpLcbC")
+
+
 def declared_paths(root: Path) -> set[str]:
-    """Paths that tmpfiles.d files of the image already declare (so we do not declare them twice)."""
+    """Paths that tmpfiles.d files of the image already make (so we do not declare them twice)."""
     paths: set[str] = set()
     for directory in ("usr/lib/tmpfiles.d", "usr/etc/tmpfiles.d"):
         base = root / directory
@@ -309,7 +315,7 @@ def declared_paths(root: Path) -> set[str]:
                 continue
             for line in conf.read_text(errors="replace").splitlines():
                 fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#"):
+                if len(fields) >= 2 and fields[0][0] in CREATING:
                     paths.add(fields[1].rstrip("/"))
     return paths
 

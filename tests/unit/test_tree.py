@@ -51,11 +51,15 @@ def make_image(root: Path) -> Path:
     (root / "var/cache/apt/pkgcache.bin").write_bytes(b"cache")
     (root / "var/log").mkdir()
     (root / "var/log/dpkg.log").write_text("log")
+    (root / "var/log/journal").mkdir()
+    os.chmod(root / "var/log/journal", 0o2755)
     (root / "var/lib/apt").mkdir(parents=True)
     (root / "var/lib/apt/extended_states").write_text("Package: libfoo\nAuto-Installed: 1\n")
     (root / "var/run").symlink_to("/run")
     (root / "var/tmp").mkdir()
-    (root / "usr/lib/tmpfiles.d/var.conf").write_text("d /var/log 0755 - - -\nq /var/tmp 1777 root root 30d\n")
+    (root / "usr/lib/tmpfiles.d/var.conf").write_text(
+        "d /var/log 0755 - - -\nq /var/tmp 1777 root root 30d\nh /var/log/journal - - - - +C\n"
+    )
     (root / "home/alice").mkdir(parents=True)
     (root / "home/alice/notes").write_text("hi")
     (root / "root").mkdir()
@@ -125,8 +129,9 @@ def test_volatile_content_is_dropped_and_declared_paths_are_not_repeated(image: 
     lines = tmpfiles(image)
     assert not any("pkgcache.bin" in line or "dpkg.log" in line or "extended_states" in line for line in lines)
     assert "d /var/cache/apt :0755 :0 :0 -" in lines
-    # /var/log and /var/tmp are declared by the image's own tmpfiles.d already.
+    # /var/log and /var/tmp are made by the image's own tmpfiles.d already; an `h` line makes nothing.
     assert not any(line.split()[1] in ("/var/log", "/var/tmp") for line in lines if not line.startswith("#"))
+    assert "d /var/log/journal :2755 :0 :0 -" in lines, "the persistent journal's directory"
 
 
 def test_package_database_moves_into_usr(image: Path) -> None:
