@@ -201,9 +201,44 @@ def _disk_answers(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cli_install(args: argparse.Namespace) -> int:
-    from arkes import deploy, results
+def _unattended(args: argparse.Namespace) -> int:
+    """The live installer's unattended install: from the answer file the kernel command line names, else the
+    medium's; without either, nothing to do. What fails is said on the console, where the person is."""
+    from arkes import answers, installer
 
+    installer.require_payload()
+    path = installer.answers_path(Path("/proc/cmdline").read_text())
+    if path is None:
+        log.info("no answer file: nothing to install unattended")
+        return 0
+    installer.console(f"Installing unattended, as {path} says. This takes a few minutes.")
+    try:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such answer file", hint=f"{installer.ANSWERS_KARG}= names it")
+        args.answers = os.fspath(path)
+        given = answers.load(path)
+        code = cli_install(args)
+    except BaseException as e:
+        installer.console(f"{installer.FAILED}: {e}")
+        installer.console("The live system stays up: log in on the console to see more (journalctl -b).")
+        raise
+    installer.console(f"{installer.DONE}; the machine will {given.after}.")
+    installer.finish(given.after)
+    return code
+
+
+def cli_install(args: argparse.Namespace) -> int:
+    from arkes import deploy, installer, results
+
+    if args.unattended:
+        args.unattended = False
+        return _unattended(args)
+    payload = installer.payload()
+    if payload is not None and _systemfile_arg(args) is not None:
+        raise UsageError(
+            "the installer installs the system it carries; it builds no other",
+            hint="make an installer of that Systemfile with `os iso OUTPUT --systemfile FILE`",
+        )
     if args.disk is not None or args.answers:
         from arkes import diskimage
 
@@ -213,6 +248,7 @@ def cli_install(args: argparse.Namespace) -> int:
             systemfile=_systemfile_arg(args),
             secrets=_secrets_arg(args),
             allow_secrets=_allowed_secrets_arg(args),
+            payload=payload,
             **settings,
         )
         show(args, results.Installed(**_outcome_fields(outcome), path=str(settings["disk"]), disk=True))
@@ -557,6 +593,14 @@ def cli_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_iso(args: argparse.Namespace) -> int:
+    from arkes import iso
+
+    answers_file = Path(args.answers) if args.answers else None
+    show(args, iso.make(Path(args.output), _systemfile_arg(args), answers_file))
+    return 0
+
+
 def cli_vm(args: argparse.Namespace) -> int:
     from arkes import vm
 
@@ -569,7 +613,15 @@ def cli_vm(args: argparse.Namespace) -> int:
         boot_entry=args.boot_entry,
         console_log=Path(args.console_log).absolute() if args.console_log else None,
         reboots=args.reboots,
+        cdrom=Path(args.cdrom).absolute() if args.cdrom else None,
+        offline=args.offline,
     )
+    if args.until_poweroff:
+        if args.exec is not None:
+            raise UsageError("--until-poweroff and --exec exclude each other")
+        seconds = vm.until_poweroff(config)
+        log.info(f"the guest powered off by itself after {seconds:.0f}s")
+        return 0
     if args.exec is None:
         if args.boot_entry is not None:
             log.info(f"choose entry {args.boot_entry} in the boot menu yourself")
@@ -685,6 +737,39 @@ VERBS: tuple[Verb, ...] = (
                 action="store_true",
                 help="leave root without a password (test images only)",
             ),
+            opt(
+                "--unattended",
+                action="store_true",
+                help="on the live installer: install from its answer file (kernel command line arkes.answers=PATH, "
+                "else arkes/answers.toml on the medium), then power off or reboot as it says",
+            ),
+            JSON_OPTION,
+        ),
+    ),
+    Verb(
+        "iso",
+        cli_iso,
+        "make a live installer image (BIOS and UEFI, CD or USB stick)",
+        "Build the Systemfile (default: the distribution's own) and write OUTPUT, a hybrid ISO image that\n"
+        "boots with BIOS and UEFI firmware from a CD or, written to a USB stick byte for byte (dd), from\n"
+        "the stick. It boots a live system (a read-only compressed root, writes kept in memory) that\n"
+        "carries the built system, its base image and build cache: `os install --disk` there installs\n"
+        "exactly what `os install --disk` installs anywhere, with no network, and the installed system\n"
+        "upgrades itself offline.\n\n"
+        "With --answers FILE (TOML, see `os install --help` and docs/install.md; checked before anything is\n"
+        "built) the file goes onto the image and the live system installs with no one at the keyboard,\n"
+        "then powers off (or reboots, ejecting the medium). The kernel command line can name another file\n"
+        "(arkes.answers=PATH) or none (arkes.answers=none; the boot menu's second entry). The file is\n"
+        "readable by anyone who has the image: prefer root_password_hash and user_password_hash.\n\n"
+        "Needs xorriso, squashfs-tools, mtools, grub-pc-bin and grub-efi-amd64-bin on this machine.",
+        (
+            opt("output", metavar="OUTPUT", help="the image to write (replaced when it exists)"),
+            opt(
+                "--systemfile",
+                metavar="FILE",
+                help="the Systemfile to build (its directory is the build context); default: the distribution's",
+            ),
+            opt("--answers", metavar="FILE", help="an answer file for an unattended install (TOML)"),
             JSON_OPTION,
         ),
     ),
@@ -974,6 +1059,14 @@ VERBS: tuple[Verb, ...] = (
         (
             opt("path", help="the disk image"),
             opt("--exec", metavar="CMD", help="run CMD in the guest, then power it off"),
+            opt("--cdrom", metavar="ISO", help="also attach ISO as a CD and boot from it (an installer of `os iso`)"),
+            opt(
+                "--until-poweroff",
+                action="store_true",
+                help="without a console: wait (--timeout) for the guest to power off by itself, as an unattended "
+                "installer does; fail when the console says the installation failed",
+            ),
+            opt("--offline", action="store_true", help="the guest reaches no network (QEMU's restrict=on)"),
             opt("--boot-entry", type=int, metavar="N", help="boot menu entry N, once, as chosen in the menu"),
             opt("--uefi", action="store_true", help="boot with UEFI firmware (OVMF) instead of BIOS"),
             opt("--memory", type=int, default=2048, metavar="MB", help="guest memory (default: 2048)"),

@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from arkes import bootloader, deploy, images, log, podman, results, run
+from arkes import bootloader, deploy, images, installer, log, podman, results, run
 from arkes import systemfile as systemfile_module
 from arkes.errors import UsageError
 
@@ -206,6 +206,9 @@ def copy_images(root: Path, checksum: str) -> None:
                 run.run(["podman", "push", "--quiet", image_id, f"{store}@{image_id}"], what="podman push")
             if steps:
                 run.run(["podman", "push", "--quiet", tag, store + tag], what="podman push")
+    # The storage's overlay driver leaves its directory bind-mounted on itself (on the same filesystem, which
+    # os.path.ismount cannot tell): the target must be unmountable and removable.
+    run.run(["umount", storage / "overlay"], check=False)
     # What the gate read from the image's initramfs, by its content: the first upgrade need not unpack it again.
     checks = images.checks_dir()
     if checks.is_dir():
@@ -229,17 +232,20 @@ def install_disk(
     wipe: bool = False,
     secrets: Mapping[str, Path] | None = None,
     allow_secrets: Collection[str] = (),
+    payload: Path | None = None,
 ) -> results.Outcome:
     """Partition, format and install the system onto a disk image (created sparse) or a block device: the
-    machine gets `hostname` (else the Systemfile's), root's password (or its hash) and the first `person`."""
-    # A Systemfile with errors is refused before the disk is touched.
-    context = (systemfile or images.default_systemfile()).resolve().parent
-    systemfile_module.load(systemfile or images.default_systemfile())
-    if disk.resolve().is_relative_to(context):
-        raise UsageError(
-            f"{disk} is inside the Systemfile's build context {context}, which is copied into the system",
-            hint="put the disk image somewhere else",
-        )
+    machine gets `hostname` (else the Systemfile's), root's password (or its hash) and the first `person`.
+    With `payload` (the live installer's, see arkes.installer) the system it carries is installed, unbuilt."""
+    if payload is None:
+        # A Systemfile with errors is refused before the disk is touched.
+        context = (systemfile or images.default_systemfile()).resolve().parent
+        systemfile_module.load(systemfile or images.default_systemfile())
+        if disk.resolve().is_relative_to(context):
+            raise UsageError(
+                f"{disk} is inside the Systemfile's build context {context}, which is copied into the system",
+                hint="put the disk image somewhere else",
+            )
     block = _is_block_device(disk)
     if block:
         from arkes import disks
@@ -259,7 +265,7 @@ def install_disk(
                 f.truncate(parse_size(size))
         run.run(["sfdisk", "--quiet", "--wipe", "always", disk], input=partition_script().encode(), what="sfdisk")
         machine = _Machine(root_password, root_password_hash, hostname, person)
-        return _install_partitions(disk, systemfile, machine, secrets, allow_secrets)
+        return _install_partitions(disk, systemfile, machine, secrets, allow_secrets, payload)
     except BaseException:
         if created:
             disk.unlink(missing_ok=True)
@@ -280,6 +286,7 @@ def _install_partitions(
     machine: _Machine,
     secrets: Mapping[str, Path] | None,
     allow_secrets: Collection[str],
+    payload: Path | None,
 ) -> results.Outcome:
     parts = read_partitions(disk)
     uuids = {name: str(uuid.uuid4()) for name in ("boot", "root")}
@@ -309,16 +316,21 @@ def _install_partitions(
             if machine.person:
                 _add_person(deployment_dir, root / "ostree/deploy/arkes/var", machine.person)
 
-        outcome = deploy.install(
-            root,
-            systemfile,
-            [f"root=UUID={uuids['root']}", "rw"],
-            mountpoints=("boot",),
-            customize=customize,
-            secrets=secrets,
-            allow_secrets=allow_secrets,
-        )
-        copy_images(root, outcome.checksum)
+        install_kargs = [f"root=UUID={uuids['root']}", "rw"]
+        if payload is not None:
+            outcome = installer.install(root, payload, install_kargs, mountpoints=("boot",), customize=customize)
+            installer.copy_cache(payload, root)
+        else:
+            outcome = deploy.install(
+                root,
+                systemfile,
+                install_kargs,
+                mountpoints=("boot",),
+                customize=customize,
+                secrets=secrets,
+                allow_secrets=allow_secrets,
+            )
+            copy_images(root, outcome.checksum)
         with log.step("sync"):
             os.sync()
         return outcome

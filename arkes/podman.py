@@ -248,9 +248,19 @@ def exclusive_bytes(refs: list[str]) -> int:
     return int(last[0]) if last and last[0].isdigit() else 0
 
 
-def run_in(image: str, argv: list[str], *, what: str) -> str:
-    """Run a command in a throwaway container of `image`; return its output."""
-    options = ["--rm", "--network=host", "--pull=never"]
+def run_in(
+    image: str,
+    argv: list[str],
+    *,
+    what: str,
+    volumes: Sequence[tuple[Path, str]] = (),
+    network: bool = True,
+) -> str:
+    """Run a command in a throwaway container of `image` (with `volumes`, host directory and where it appears);
+    return its output."""
+    options = ["--rm", f"--network={'host' if network else 'none'}", "--pull=never"]
+    for source, target in volumes:
+        options += ["-v", f"{os.fspath(source)}:{target}"]
     if detected_isolation() == "chroot":
         # Hybrid cgroup hosts: crun refuses them, runc needs explicit limits.
         options = ["--runtime=runc", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", *options]

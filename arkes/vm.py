@@ -62,6 +62,8 @@ class Config:
     # Boots that end by themselves before the one that runs the command: a kernel that panics (and reboots, with
     # panic=N), a boot check that goes back to the previous deployment. Their panics are expected.
     reboots: int = 0
+    cdrom: Path | None = None  # an ISO image attached as a CD, booted first
+    offline: bool = False  # the guest reaches nothing through QEMU's user network (restrict=on)
 
 
 def kvm_usable() -> bool:
@@ -85,7 +87,7 @@ def qemu_argv(config: Config, work: Path, *, kvm: bool, interactive: bool) -> li
         "-drive",
         f"file={config.disk},format=raw,if=virtio,cache=writeback,discard=unmap",
         "-nic",
-        "user,model=virtio-net-pci",
+        "user,model=virtio-net-pci" + (",restrict=on" if config.offline else ""),
         "-device",
         "virtio-rng-pci",
         "-nographic",
@@ -95,6 +97,10 @@ def qemu_argv(config: Config, work: Path, *, kvm: bool, interactive: bool) -> li
     # baseline x86-64 model, which is all Debian needs. ARKES_TCG_CPU picks another model.
     tcg_cpu = os.environ.get("ARKES_TCG_CPU", "qemu64")
     argv += ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg,thread=multi", "-cpu", tcg_cpu]
+    if config.cdrom is not None:
+        # On the q35 machine's own SATA controller, as a CD drive of a PC is; the firmware starts it first.
+        argv += ["-drive", f"file={config.cdrom},format=raw,if=none,id=cd0,media=cdrom,readonly=on"]
+        argv += ["-device", "ide-cd,drive=cd0,bootindex=0"]
     if config.uefi:
         argv += [
             "-drive",
@@ -126,7 +132,12 @@ def qemu_argv(config: Config, work: Path, *, kvm: bool, interactive: bool) -> li
 
 def _check_disk(config: Config) -> None:
     if not config.disk.is_file() and not config.disk.is_block_device():
-        raise ArkesError(f"{config.disk}: no such disk image", hint="make one with `os install --disk PATH`")
+        hint = "make one with `os install --disk PATH`"
+        if config.cdrom is not None:
+            hint = "make a blank one to install to: `truncate -s 10G PATH`"
+        raise ArkesError(f"{config.disk}: no such disk image", hint=hint)
+    if config.cdrom is not None and not config.cdrom.is_file():
+        raise ArkesError(f"{config.cdrom}: no such ISO image", hint="make one with `os iso PATH`")
     if config.uefi and not OVMF_CODE.is_file():
         raise ArkesError("UEFI firmware (OVMF) is not installed", hint="apt-get install ovmf")
 
@@ -465,3 +476,25 @@ def execute(config: Config, command: str) -> ExecResult:
             raise g._failure(f"the guest booted {g.console.boots} times, not the {config.reboots + 1} expected")
         g.poweroff()
         return result
+
+
+def until_poweroff(config: Config) -> float:
+    """Boot headless and wait for the guest to power off by itself (an unattended installer); return the seconds.
+    The console saying that the installation failed, a panic, or the timeout is a failure."""
+    from arkes.installer import FAILED
+
+    with guest(config) as g, log.step("wait for the guest to power off") as progress:
+        progress.update(None, f"{'UEFI' if config.uefi else 'BIOS'}, {'KVM' if kvm_usable() else 'TCG'}")
+        assert g.process is not None and g.console is not None
+        start = time.monotonic()
+        while not run.wait(g.process, 1):
+            failed = [line for line in g.console.lines if FAILED in line]
+            if failed:
+                raise g._failure(failed[-1].strip())
+            if g.console.panic:
+                raise g._failure(f"the guest failed ({g.console.panic.strip()})")
+            if time.monotonic() - start > config.timeout:
+                raise g._failure(f"the guest did not power off within {config.timeout:.0f}s")
+        if g.process.returncode != 0:
+            raise g._failure(f"QEMU exited with status {g.process.returncode}")
+        return time.monotonic() - start
