@@ -319,7 +319,6 @@ def _install_partitions(
         install_kargs = [f"root=UUID={uuids['root']}", "rw"]
         if payload is not None:
             outcome = installer.install(root, payload, install_kargs, mountpoints=("boot",), customize=customize)
-            installer.copy_cache(payload, root)
         else:
             outcome = deploy.install(
                 root,

@@ -10,16 +10,17 @@ repository and deployed there as `os install --disk` deploys a commit it built, 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arkes import deploy, images, log, run
 from arkes.errors import ArkesError, UsageError
 from arkes.names import STATEROOT, layer_ref
 from arkes.results import Outcome
+
+if TYPE_CHECKING:
+    from arkes.ostree import Deployment, Sysroot
 
 PAYLOAD = Path("/usr/lib/arkes/installer/sysroot")
 # Where the medium's ISO 9660 file system is mounted on the live system (by the initramfs's dmsquash-live).
@@ -66,6 +67,27 @@ def install(
         raise UsageError(f"{root} is not empty", hint="install into an empty directory")
     sysroot = Sysroot.initialize(root)
     layers = carried.layers()
+    # The build cache is copied meanwhile: both copies mostly wait for the disks, and neither needs the other.
+    cache = run.in_background(_copy_cache, source, root)
+    try:
+        _install(sysroot, carried, deployment, layers, install_kargs, customize)
+    except BaseException:
+        cache.exception()  # the copy ends before the disk is unmounted; the first failure is the one reported
+        raise
+    with log.step("copy the base image and the build cache"):
+        cache.result()
+    metadata = sysroot.commit(deployment.checksum).metadata
+    return Outcome(deployment.checksum, metadata.version, deployed=True, up_to_date=False)
+
+
+def _install(
+    sysroot: Sysroot,
+    carried: Sysroot,
+    deployment: Deployment,
+    layers: dict[str, str],
+    install_kargs: list[str],
+    customize: Callable[[Path], None] | None,
+) -> None:
     with sysroot.lock():
         with log.step(f"copy the system ({len(layers)} layers) into the new repository"):
             # One pull of the commit and the layers' branches: the objects they share are copied once.
@@ -95,20 +117,17 @@ def install(
             system=(system_dir, system_dir / "Systemfile"),
             customize=customize,
         )
-    metadata = sysroot.commit(deployment.checksum).metadata
-    return Outcome(deployment.checksum, metadata.version, deployed=True, up_to_date=False)
 
 
-def copy_cache(source: Path, root: Path) -> None:
+def _copy_cache(source: Path, root: Path) -> None:
     """Copy the payload's container storage (base image, build cache) and the gate's records into the new system."""
     carried, target = _state_dir(source), _state_dir(root)
-    with log.step("copy the base image and the build cache"):
-        for relative in ("lib/containers/storage", os.fspath(images.CACHE.relative_to("/var") / images.CHECKS)):
-            if not (carried / relative).exists():
-                continue
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            # cp keeps what the storage needs: owners, modes, xattrs, device nodes (whiteouts), hard links.
-            run.run(["cp", "-a", carried / relative, target / relative], what="cp")
+    for relative in ("lib/containers/storage", os.fspath(images.CACHE.relative_to("/var") / images.CHECKS)):
+        if not (carried / relative).exists():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        # cp keeps what the storage needs: owners, modes, xattrs, device nodes (whiteouts), hard links.
+        run.run(["cp", "-a", carried / relative, target / relative], what="cp")
 
 
 def answers_path(cmdline: str, medium: Path = MEDIUM) -> Path | None:
@@ -124,15 +143,14 @@ def answers_path(cmdline: str, medium: Path = MEDIUM) -> Path | None:
 
 def console(message: str) -> None:
     """Say it where a person at the machine sees it: the unit's output goes to the console and the journal."""
-    sys.stdout.write(message + "\n")
-    sys.stdout.flush()
+    log.info(message)
 
 
 def eject() -> None:
     """Open the tray (or let go of the stick) the live system runs from, so that a reboot starts the new disk."""
     device = run.run(["findmnt", "-n", "-o", "SOURCE", os.fspath(MEDIUM)], check=False).stdout.strip()
-    if device and shutil.which("eject"):
-        subprocess.run(["eject", device], check=False)
+    if device:
+        run.run(["eject", device], check=False)
 
 
 def finish(after: str) -> None:

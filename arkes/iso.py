@@ -21,13 +21,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 from arkes import answers, deploy, diskimage, images, installer, log, podman, run
 from arkes.errors import ArkesError, UsageError
-from arkes.model import Result
+from arkes.results import Iso
 
 # The host programs that assemble the image; none of them is needed on the machines it installs.
 PROGRAMS = {"mksquashfs": "squashfs-tools", "xorriso": "xorriso", "grub-mkrescue": "grub-common", "mformat": "mtools"}
@@ -66,24 +64,6 @@ This is the Arkes installer: a live system, running from memory, that carries {v
 Installing needs no network. Power off with `systemctl poweroff`.
 
 """
-
-
-@dataclass(frozen=True)
-class Iso(Result):
-    KIND: ClassVar[str] = "Iso"
-    path: str
-    bytes: int
-    checksum: str  # the commit it installs
-    version: str
-    label: str  # the ISO 9660 volume label the live system finds its medium by
-    unattended: bool  # an answer file is on it
-
-    def said(self) -> list[str]:
-        how = "installs unattended from its answer file" if self.unattended else "installs when asked"
-        return [
-            f"wrote {self.path} ({self.bytes / 2**20:.0f} MiB): the installer of version {self.version} "
-            f"({self.checksum[:12]}); it {how}. Write it to a USB stick byte for byte (dd) or boot it as a CD."
-        ]
 
 
 def _check_tools() -> None:

@@ -89,6 +89,27 @@ class Installed(Outcome):
         return [f"installed version {self.version} ({self.checksum[:12]}) {'to' if self.disk else 'into'} {self.path}"]
 
 
+# --- os iso -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Iso(Result):
+    KIND: ClassVar[str] = "Iso"
+    path: str
+    bytes: int
+    checksum: str  # the commit it installs
+    version: str
+    label: str  # the ISO 9660 volume label the live system finds its medium by
+    unattended: bool  # an answer file is on it
+
+    def said(self) -> list[str]:
+        how = "installs unattended from its answer file" if self.unattended else "installs when asked"
+        return [
+            f"wrote {self.path} ({self.bytes / 2**20:.0f} MiB): the installer of version {self.version} "
+            f"({self.checksum[:12]}); it {how}. Write it to a USB stick byte for byte (dd) or boot it as a CD."
+        ]
+
+
 @dataclass(frozen=True)
 class Built(Outcome):
     KIND: ClassVar[str] = "Build"

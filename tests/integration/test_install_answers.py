@@ -109,3 +109,17 @@ def test_a_guided_installation_needs_a_terminal(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "asks which disk, at a terminal" in result.stderr
+
+
+def test_os_iso_refuses_a_bad_answer_file_before_building(tmp_path: Path) -> None:
+    (tmp_path / "answers.toml").write_text('disk = "/dev/vda"\nhostname = "no_underscores"\nuser = "root"\n')
+    output = tmp_path / "out/arkes.iso"
+    output.parent.mkdir()
+    argv = [str(OS), "iso", str(output), "--answers", str(tmp_path / "answers.toml")]
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode != 0
+    said = result.stderr
+    assert f"{tmp_path / 'answers.toml'}:2: " in said and f"{tmp_path / 'answers.toml'}:3: " in said, said
+    assert "root_password" in said and "user_password" in said, "every missing answer is named at once"
+    assert "build" not in said, said
+    assert list(output.parent.iterdir()) == [], "no image, no staging directory"

@@ -21,6 +21,7 @@ MODELS: dict[str, results.Result] = {
     ),
     "check-valid": results.Check("Systemfile", True, (), ("Systemfile:1: extra FROM: the stage ...",)),
     "install": results.Installed(C, "20261203.1", True, False, path="/srv/sys"),
+    "iso": results.Iso("/srv/till.iso", 486455296, C, "20261203.1", "ARKES_CCCCCCCCCC", True),
     "build": results.Built(C, "20261203.2", False, False),
     "upgrade": results.Upgraded(C, "20261203.2", True, False),
     "upgrade-download-only": results.Upgraded(C, "20261203.2", False, False, download_only=True),

@@ -15,7 +15,8 @@ console's last lines.
 A second machine installed from the same Systemfile makes host keys of its own, then follows a system published on
 this host (a registry on 127.0.0.1, reached through QEMU's forwarding), with its signature required: an unsigned
 image is refused, the signed one taken, downloading only the layers the machine does not hold → boot: it runs the
-published system; a newer one is published, `os checkupdates` finds it and `os upgrade` downloads only its change.
+published system; a newer one is published, `os checkupdates` finds it and `os upgrade` downloads only its change
+→ boot: the newer system runs; a third one, altered in the registry after it was signed, is refused.
 """
 
 from __future__ import annotations
@@ -471,6 +472,16 @@ fact upgraded "$(os status --json | tr -d '
 ')"
 """
 
+# The boot after the upgrade: the newer published system runs; the publisher has signed a third one meanwhile, and
+# a byte of its configuration was changed in the registry's storage after it was signed.
+ALTERED = r"""
+fact fleet2 "$(cat /usr/share/arkes-fleet-2 2>/dev/null || echo absent)"
+os upgrade 2>/root/altered; fact altered_exit $?
+fact altered_why "$(grep -c 'altered after it was published' /root/altered)"
+fact after "$(os status --json | tr -d '
+')"
+"""
+
 FLEET: dict[str, Path] = {}  # the second machine's disk, kept for the boot after it followed the published system
 
 
@@ -514,8 +525,9 @@ def test_j_the_follower_learns_of_a_newer_system_and_takes_only_its_change(
         assert v2 == fleet.digests["v2"], "the same image, now signed"
         start = fleet.registry.mark()
         found = facts(second, "second machine upgrades", then=UPDATE)
-    finally:
+    except BaseException:
         discard_disk(second)
+        raise
     assert found["fleet"] == "v1", "the published system runs"
     (booted,) = [d for d in found["deployments"] if d["booted"]]
     assert booted["source"] == f"{fleet.repository}@{fleet.digests['v1']}"
@@ -530,3 +542,27 @@ def test_j_the_follower_learns_of_a_newer_system_and_takes_only_its_change(
     assert fetched and fetched <= new, f"only the layers v1 lacks: {fetched - new} too"
     whole = fleet.size(v2)
     report(request, f"fleet: the upgrade downloaded {fleet.registry.sent(start)['blobs']} bytes of an image of {whole}")
+
+
+def test_k_the_follower_runs_its_update_and_refuses_an_altered_one(fleet: Fleet) -> None:
+    second = FLEET["disk"]
+    try:
+        fleet.publisher.add_line("RUN echo v3 > /usr/share/arkes-fleet-3")
+        fleet.publisher.os("upgrade")
+        v3 = fleet.publish("stable", signed=True)
+        config = fleet.manifest(v3)["config"]["digest"].removeprefix("sha256:")
+        blob = fleet.registry.root / "storage/docker/registry/v2/blobs/sha256" / config[:2] / config / "data"
+        original = blob.read_bytes()
+        blob.write_bytes(original[: len(original) // 2] + b"~" + original[len(original) // 2 + 1 :])
+        try:
+            found = facts(second, "second machine refuses an altered update", then=ALTERED)
+        finally:
+            blob.write_bytes(original)
+    finally:
+        discard_disk(second)
+    assert found["fleet2"] == "v2", "the machine rebooted into the system its upgrade took"
+    (booted,) = [d for d in found["deployments"] if d["booted"]]
+    assert booted["source"] == f"{fleet.repository}@{fleet.digests['v2']}" and booted["index"] == 0
+    assert found["altered_exit"] == "1" and found["altered_why"] == "1", "an image altered after signing is refused"
+    after = json.loads(found["after"])["deployments"]
+    assert [d["checksum"] for d in after] == [d["checksum"] for d in found["deployments"]], "nothing deployed"

@@ -1,19 +1,22 @@
-"""A real server's life, checked from inside a booted guest: a web server and a database with rows in it, a person
-made on the machine and people declared in the Systemfile, two upgrades run in the guest (the second adds a Debian
+"""A real server's life, checked from inside a booted guest: a web server and a database with rows in it, a person made
+on the machine and people declared in the Systemfile, two upgrades run in the guest (the second adds a Debian
 package whose maintainer script creates a system user, and brings a package update its repository published), a
 reboot after each.
 
-install (nginx, PostgreSQL) → boot: rows in a database, a page under /var/www, `bob` made with useradd/chpasswd/
-usermod, a unit disabled; the Systemfile declares `carol` (whose id the machine already gave bob) and a package
-from a signed repository of the person's own (served on this host's loopback, reached through QEMU's user-mode
-network); `os upgrade` → boot: every service active, rows, page and homes kept, bob and carol log in with their
-passwords, ids distinct and unchanged; carol's password and bob's groups changed on the machine; the repository
-publishes 1.1 of its package; the Systemfile adds tcpdump; `os upgrade` names both changes → boot: the same, the
-update and the package's system user are there, no id shared, no failed unit, `os checkupdates` finds nothing and
-`os diff --packages 1 0` shows the change, the upgrade was proven good on its first boot (the image's health check
-asks the web server); the Systemfile disables nginx, `os upgrade` → boot: the health check fails, the boot check
-records why and reboots into the previous deployment by itself, where `os status` and the journal say so and
-`os upgrade` refuses to deploy the same system again.
+`os iso` makes the installer of the server (nginx, PostgreSQL) with an answer file → its live system, booted with
+BIOS and told to leave the answers aside, installs nothing by itself and refuses the CD and another Systemfile →
+booted with UEFI beside a blank disk, it installs there unattended and powers off → boot (BIOS): rows in a database,
+a page under /var/www, `bob` made with useradd/chpasswd/usermod, a unit disabled; the Systemfile declares `carol`
+(whose id the machine already gave bob) and a package from a signed repository of the person's own (served on this
+host's loopback, reached through QEMU's user-mode network); `os upgrade` → boot: every service active, rows, page
+and homes kept, bob and carol log in with their passwords, ids distinct and unchanged; carol's password and bob's
+groups changed on the machine; the repository publishes 1.1 of its package; the Systemfile adds tcpdump; `os
+upgrade` names both changes → boot: the same, the update and the package's system user are there, no id shared, no
+failed unit, `os checkupdates` finds nothing and `os diff --packages 1 0` shows the change, the upgrade was proven
+good on its first boot (the image's health check asks the web server); the machine goes offline (its links down),
+the Systemfile disables nginx, `os upgrade` builds from the build cache the installer brought → boot: the health
+check fails, the boot check records why and reboots into the previous deployment by itself, where `os status` and
+the journal say so and `os upgrade` refuses to deploy the same system again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from tests.vm.conftest import discard_disk, guest, report
 pytestmark = pytest.mark.vm
 
 TIMINGS: dict[str, float] = {}
+SIZES: dict[str, int] = {}
+INSTALLED: dict[str, str] = {}  # what the installer image carries
 UPGRADE_STEPS: list[dict[str, float]] = []  # each guest upgrade's steps and their seconds
 
 # The image's health check: the shop's front page answers (a boot where it does not is not good).
@@ -126,6 +131,8 @@ done
 FIRST_BOOT = r"""
 set -e
 fact hostname "$(hostname)"
+one='import json, sys; d = json.load(sys.stdin)["deployments"]; print(len(d), d[0]["booted"], d[0]["version"])'
+fact deployments "$(os status --json | python3 -c "$one")"
 fact dave_login "$(login dave dave-secret)"
 fact health "$(os health --json | tr -d '\n')"
 printf 'required-units = nginx.service postgresql@17-main.service\ncheck-timeout = 30\n' > /etc/system/boot.conf
@@ -174,6 +181,9 @@ booted='import json, sys; print(json.load(sys.stdin)["deployments"][0]["boot"]["
 fact boot "$(os status --json | python3 -c "$booted")"
 fact trial "$(grep -c '^arkes_trial=' /boot/grub/grubenv 2>/dev/null)"
 sed -i '/^RUN post_build/i RUN systemctl disable nginx' /etc/system/Systemfile
+# From here on the machine has no network: the upgrade builds from the cache the installer brought.
+for link in $(ip -o link show | awk -F': ' '$2 != "lo" {print $2}'); do ip link set "$link" down; done
+fact offline "$(ip -o route show default | wc -l) $(getent hosts deb.debian.org >/dev/null && echo resolves)"
 upgrade
 """
 
@@ -196,23 +206,68 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptRe
         yield served
 
 
+# The installer's answers: the machine's name, root's password and its first person, and the disk to install to.
+ANSWERS = """\
+disk = "/dev/vda"
+hostname = "shop"
+root_password = "root-secret"
+user = "dave"
+user_password = "dave-secret"
+"""
+
+# The live installer, booted with BIOS and its menu's second entry (the answer file left aside), as a person who
+# installs by hand finds it: nothing is installed by itself, the medium is no disk to install to, and the
+# installer installs only what it carries.
+LIVE = r"""
+fact() { printf '%s=%s\n' "$1" "$2"; }
+fact hostname "$(hostname)"
+fact root "$(findmnt -n -o FSTYPE /)"
+fact unattended "$(journalctl -b -u arkes-unattended --no-pager | grep -c 'no answer file: nothing to install')"
+fact partitions "$(lsblk -n -o NAME /dev/vda | wc -l)"
+fact motd "$(grep -c 'This is the Arkes installer' /etc/motd)"
+rc=0; os install --disk /dev/sr0 --answers /run/initramfs/live/arkes/answers.toml > /run/sr0 2>&1 || rc=$?
+fact cd "$rc $(tr '\n' '|' < /run/sr0)"
+echo 'FROM localhost/arkes:base' > /run/Systemfile
+rc=0; os install --disk /dev/vda --systemfile /run/Systemfile --answers /run/initramfs/live/arkes/answers.toml \
+    > /run/other 2>&1 || rc=$?
+fact other "$rc $(tr '\n' '|' < /run/other)"
+"""
+
+
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
-    failed_before = request.session.testsfailed
-    work = tmp_path_factory.mktemp("server")
+def installer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's installer image, made by `os iso` with an answer file on it."""
+    work = tmp_path_factory.mktemp("iso")
     (work / "source").mkdir()
     (work / "source/Systemfile").write_text(SYSTEMFILE)
-    path = work / "server.img"
+    (work / "answers.toml").write_text(ANSWERS)
+    path = work / "server.iso"
     start = time.monotonic()
-    argv = [str(OS), "install", "--disk", str(path), "--size", "14G", "--no-root-password"]
-    # The machine's name and its first person come from an answer file, as an installer takes them.
-    (work / "answers.toml").write_text('hostname = "shop"\nuser = "dave"\nuser_password = "dave-secret"\n')
-    argv += ["--systemfile", str(work / "source/Systemfile"), "--answers", str(work / "answers.toml")]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    argv = [str(OS), "iso", str(path), "--systemfile", str(work / "source/Systemfile")]
+    argv += ["--answers", str(work / "answers.toml"), "--json"]
+    result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    TIMINGS["install"] = time.monotonic() - start
+    TIMINGS["iso"] = time.monotonic() - start
+    SIZES["installer image"] = path.stat().st_size
+    INSTALLED["version"] = json.loads(result.stdout)["version"]
+    return path
+
+
+@pytest.fixture(scope="module")
+def disk(installer: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A blank disk, installed by the live installer, unattended, under UEFI firmware; it powers off when done."""
+    failed_before = request.session.testsfailed
+    path = installer.parent / "server.img"
+    subprocess.run(["truncate", "-s", "14G", str(path)], check=True)
+    start = time.monotonic()
+    argv = [str(OS), "vm", str(path), "--cdrom", str(installer), "--uefi", "--until-poweroff", "--timeout", "1200"]
+    argv += ["--console-log", str(path.parent / "console-live.log")]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    TIMINGS["unattended install"] = time.monotonic() - start
     yield path
     report(request, "\nserver timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in TIMINGS.items()))
+    report(request, "server sizes: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in SIZES.items()))
     for i, steps in enumerate(UPGRADE_STEPS, 1):
         report(request, f"guest upgrade {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
     if request.session.testsfailed > failed_before:
@@ -265,6 +320,24 @@ SEEN: dict[str, dict[str, int]] = {}
 CERTIFICATE: dict[str, str] = {}  # the digest of the self-signed certificate the machine made
 
 
+def test_0_the_live_installer_asks_when_told_to_leave_its_answers_aside(installer: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    subprocess.run(["truncate", "-s", "4G", str(blank)], check=True)
+    start = time.monotonic()
+    result = guest(blank, LIVE, "--cdrom", str(installer), "--boot-entry", "1")
+    TIMINGS["live boot"] = time.monotonic() - start
+    found = {k: v.strip() for k, sep, v in (line.partition("=") for line in result.stdout.splitlines()) if sep}
+    print(json.dumps(found, indent=1))
+    assert found["hostname"] == "arkes-installer" and found["root"] == "overlay", "a live system, writes in memory"
+    assert found["unattended"] == "1" and found["partitions"] == "1", "nothing installed by itself: a blank disk"
+    assert found["motd"] == "1", "the console says how to install"
+    rc, _, said = found["cd"].partition(" ")
+    assert rc != "0" and "/dev/sr0" in said, said
+    rc, _, said = found["other"].partition(" ")
+    assert rc == "2" and "installs the system it carries" in said, said
+    assert found["partitions"] == "1"
+
+
 def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepository, str]) -> None:
     repo, key = repository
     script = FIRST_BOOT.replace("{key}", key).replace("{url}", f"http://10.0.2.2:{repo.port}/")
@@ -273,6 +346,9 @@ def test_1_a_server_is_set_up_and_upgraded(disk: Path, repository: tuple[AptRepo
     assert found["failed"] == "" and found["state"] == "running"
     assert found["bob_login"] == "bob:/home/bob:w"
     assert found["hostname"] == "shop", "the answer file's name, over the Systemfile's"
+    count, booted, version = found["deployments"].split()
+    assert (count, booted) == ("1", "True"), "the installer made one deployment, booted"
+    assert version == INSTALLED["version"], "the system the installer image carried"
     assert found["dave_login"] == "dave:/home/dave:w", "the first person the installation made logs in"
     checked = json.loads(found["health"])
     assert checked["good"] and [c["name"] for c in checked["checks"]] == ["50-web"], checked
@@ -332,6 +408,12 @@ def test_3_after_the_second_upgrade(disk: Path) -> None:
     assert found["boot"] == "good", "a good upgrade is proven good on its first boot"
     assert found["trial"] == "0", "and the boot loader counts its tries no more"
     upgraded(found)
+    # Offline: the repositories cannot be asked; the build cache the installer brought is on the disk.
+    assert found["offline"] == "0", "no route, no name resolves: the machine is offline"
+    said = found["upgrade"].replace("|", "\n")
+    assert "cannot reach a package repository" in said, said
+    cached, steps = map(int, re.findall(r"build: (\d+) of (\d+) steps from the cache", said)[-1])
+    assert cached >= steps - 2, f"only the new line and post_build run: {said}"
     assert any(line[:2] == ["+", "tcpdump"] for line in changed), found["diff"]
     uids, gids = ids(found["ids"]), ids(found["gids"])
     assert "tcpdump" in uids, "the system user a package's maintainer script made exists"
