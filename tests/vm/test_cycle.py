@@ -103,6 +103,9 @@ fact diff_etc "$(os diff --etc | grep -c '^M /etc/motd$')"
 os unlock >/dev/null && touch /usr/share/arkes-dev && fact dev_written yes
 first='import json, sys; print(json.load(sys.stdin)["deployments"][0]["unlocked"])'
 fact unlocked "$(os status --json | python3 -c "$first")"
+fact man "$(MANPAGER=cat MANWIDTH=100 man os-upgrade 2>&1 | grep -c 'os-upgrade - build the Systemfile')"
+# What an interactive login shell completes `os` with (bash-completion loads it at the first Tab).
+fact complete "$(bash -lic '{ _comp_load os || _completion_loader os; } 2>/dev/null; complete -p os' 2>/dev/null)"
 """
 
 CHANGE = (
@@ -177,6 +180,8 @@ def test_a_installed_system_boots(disk: Path) -> None:
     assert found["etc"] == "writable" and found["var"] == "writable"
     assert found["home"] == "/var/home"
     assert found["hostname"] == "arkes", "the hostname the Systemfile declares"
+    assert found["man"] == "1", "`man os-upgrade` renders the page the image carries"
+    assert found["complete"] == "complete -F _os os", "and bash completes `os`"
     assert found["login"] != "absent", "the console has a login program (Debian 13 no longer makes it essential)"
     assert len(found["deployments"]) == 1 and booted_index(found) == 0
     assert found["deployments"][0]["boot"]["state"] == "good", "the first boot is proven good by the boot check"
