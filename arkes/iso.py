@@ -28,7 +28,7 @@ from arkes.errors import ArkesError, UsageError
 from arkes.results import Iso
 
 # The host programs that assemble the image; none of them is needed on the machines it installs.
-PROGRAMS = {"mksquashfs": "squashfs-tools", "xorriso": "xorriso", "grub-mkrescue": "grub-common", "mformat": "mtools"}
+PROGRAMS = ("mksquashfs", "xorriso", "grub-mkrescue", "mcopy")
 GRUB_PLATFORMS = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
 # zstd at a middle level: a tenth larger than xz, built several times faster, and quick to read back on the
 # installer (TCG guests here spend most of an install reading the live root).
@@ -67,7 +67,7 @@ Installing needs no network. Power off with `systemctl poweroff`.
 
 
 def _check_tools() -> None:
-    missing = sorted({package for program, package in PROGRAMS.items() if shutil.which(program) is None})
+    missing = sorted({run.PACKAGES[program] for program in PROGRAMS if shutil.which(program) is None})
     missing += [p for platform, p in GRUB_PLATFORMS.items() if not Path("/usr/lib/grub", platform).is_dir()]
     if missing:
         raise ArkesError(

@@ -65,6 +65,7 @@ PACKAGES = {
     "umount": "mount",
     "unshare": "util-linux",
     "useradd": "passwd",
+    "xorriso": "xorriso",
     "zstd": "zstd",
 }
 
